@@ -1,0 +1,91 @@
+"""The ``fraud`` command line. Commands parse arguments and call the library; nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Real-time card fraud detection on Kubeflow Pipelines and KServe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error to stderr and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Output file: .csv, .csv.gz or .parquet.")],
+    transactions: Annotated[int, typer.Option(min=1, help="Number of transactions.")] = 100_000,
+    cards: Annotated[int, typer.Option(min=1, help="Number of cards.")] = 2_000,
+    days: Annotated[int, typer.Option(min=1, help="Days the data spans.")] = 30,
+    fraud_rate: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of fraudulent transactions.")
+    ] = 0.0017,
+    seed: Annotated[int, typer.Option(help="Random seed; same arguments, same bytes.")] = 42,
+    drift_start_day: Annotated[
+        int | None,
+        typer.Option(help="From this day on, shift legitimate spending and add a fraud pattern."),
+    ] = None,
+) -> None:
+    """Generate a seeded synthetic data set of card transactions."""
+    from fraud_detection.data.files import write_transactions
+    from fraud_detection.data.generator import GeneratorConfig, generate_transactions
+
+    try:
+        config = GeneratorConfig(
+            n_transactions=transactions,
+            n_cards=cards,
+            days=days,
+            fraud_rate=fraud_rate,
+            seed=seed,
+            drift_start_day=drift_start_day,
+        )
+    except ValueError as exc:
+        raise fail(str(exc), code=2) from exc
+    with console.status(f"generating {transactions:,} transactions"):
+        frame = generate_transactions(config)
+    try:
+        write_transactions(frame, out)
+    except ValueError as exc:
+        raise fail(str(exc), code=2) from exc
+    console.print(f"wrote {len(frame):,} transactions to {out}")
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[str], typer.Argument(help="Files or globs (CSV, CSV.gz, Parquet).")],
+    unlabelled: Annotated[
+        bool, typer.Option("--unlabelled", help="Check as scoring requests (no is_fraud).")
+    ] = False,
+) -> None:
+    """Check transaction files against the canonical schema; exit 1 with a report if invalid."""
+    from fraud_detection.data.files import UnknownSchemaError, read_transactions
+    from fraud_detection.data.validation import summarize, validate_transactions
+
+    try:
+        frame = read_transactions(paths)
+    except (FileNotFoundError, UnknownSchemaError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    report = validate_transactions(frame, labelled=not unlabelled)
+    if not report.ok:
+        err_console.print(report.render())
+        raise typer.Exit(1)
+    console.print(f"[green]valid[/]: {len(frame):,} rows")
+    console.print(summarize(frame))
+
+
+def main() -> None:
+    """Entry point for ``python -m fraud_detection``."""
+    app()

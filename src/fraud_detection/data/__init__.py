@@ -1,0 +1,1 @@
+"""Transaction data: file I/O, schema mapping, validation and the synthetic generator."""

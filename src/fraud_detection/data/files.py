@@ -1,0 +1,188 @@
+"""Reading and writing transaction files (CSV, CSV.gz, Parquet) and mapping their schema.
+
+Readers map every known source schema onto the canonical field names of
+:mod:`fraud_detection.schema` and return the values *as read*: typing and checking is the job of
+:mod:`fraud_detection.data.validation`, so that nothing is coerced or dropped silently here.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fraud_detection.schema import (
+    AMOUNT,
+    CARD_ID,
+    CATEGORY,
+    ID_COLUMNS,
+    LABEL,
+    MERCHANT_ID,
+    REQUIRED_COLUMNS,
+    TIMESTAMP,
+    TRANSACTION_ID,
+)
+
+CSV_SUFFIXES = (".csv", ".csv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class SourceSchema:
+    """A file layout the loaders understand: source column -> canonical field."""
+
+    name: str
+    mapping: Mapping[str, str]
+
+    def missing(self, columns: Iterable[str]) -> list[str]:
+        """Source columns of the required canonical fields that ``columns`` lacks."""
+        present = set(columns)
+        required = {source for source, field in self.mapping.items() if field in REQUIRED_COLUMNS}
+        return sorted(required - present)
+
+
+CANONICAL = SourceSchema(
+    "canonical", {field: field for field in (*REQUIRED_COLUMNS, CATEGORY, LABEL)}
+)
+#: The "Reproducible ML for Credit Card Fraud Detection" handbook's simulated transactions.
+#: ``TX_FRAUD_SCENARIO`` is the answer key and is deliberately never read.
+HANDBOOK = SourceSchema(
+    "handbook",
+    {
+        "TRANSACTION_ID": TRANSACTION_ID,
+        "CUSTOMER_ID": CARD_ID,
+        "TERMINAL_ID": MERCHANT_ID,
+        "TX_AMOUNT": AMOUNT,
+        "TX_DATETIME": TIMESTAMP,
+        "TX_FRAUD": LABEL,
+    },
+)
+SOURCE_SCHEMAS: tuple[SourceSchema, ...] = (CANONICAL, HANDBOOK)
+
+
+class UnknownSchemaError(ValueError):
+    """A file's columns match none of the known source schemas."""
+
+
+def detect_schema(columns: Iterable[str], source: str = "<frame>") -> SourceSchema:
+    """Return the source schema whose required columns are all in ``columns``.
+
+    Raises :class:`UnknownSchemaError` listing, for each known schema, the missing fields.
+    """
+    columns = list(columns)
+    for schema in SOURCE_SCHEMAS:
+        if not schema.missing(columns):
+            return schema
+    details = "; ".join(
+        f"{schema.name} schema lacks {', '.join(schema.missing(columns))}"
+        for schema in SOURCE_SCHEMAS
+    )
+    raise UnknownSchemaError(
+        f"{source}: unknown schema (columns: {', '.join(map(str, columns)) or 'none'}); {details}"
+    )
+
+
+def to_canonical_names(frame: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame:
+    """Rename a frame of any known schema to canonical field names, dropping other columns."""
+    schema = detect_schema(frame.columns, source)
+    kept = {src: dst for src, dst in schema.mapping.items() if src in frame.columns}
+    out = frame[list(kept)].rename(columns=kept)
+    for column in ID_COLUMNS:
+        out[column] = out[column].map(_id_to_str)
+    return out.reset_index(drop=True)
+
+
+def _id_to_str(value: object) -> object:
+    """Identifiers are strings; keep missing values missing so validation can report them."""
+    if value is None or (isinstance(value, float) and value != value):
+        return value
+    return str(value)
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand globs and check every path exists; the result is sorted within each pattern."""
+    expanded: list[Path] = []
+    for raw in paths:
+        text = str(raw)
+        if glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text))
+            if not matches:
+                raise FileNotFoundError(f"{text}: the pattern matches no file")
+            expanded.extend(matches)
+        else:
+            path = Path(text)
+            if not path.is_file():
+                raise FileNotFoundError(f"{text}: no such file")
+            expanded.append(path)
+    if not expanded:
+        raise FileNotFoundError("no input file given")
+    return expanded
+
+
+def _read_one(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        # Identifiers stay text: "007" and "7" are different cards.
+        header = pd.read_csv(path, nrows=0).columns
+        dtypes = {
+            src: str
+            for schema in SOURCE_SCHEMAS
+            for src, dst in schema.mapping.items()
+            if dst in ID_COLUMNS and src in header
+        }
+        return pd.read_csv(path, dtype=dtypes)
+    if name.endswith(PARQUET_SUFFIXES):
+        return pd.read_parquet(path)
+    raise ValueError(
+        f"{path}: unsupported file type; expected one of {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
+    )
+
+
+def read_transactions(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Read one or many transaction files (or globs) into one frame with canonical names.
+
+    Values are returned as read (no type coercion, no row dropped); validate before use.
+    """
+    frames = [to_canonical_names(_read_one(path), str(path)) for path in expand_paths(paths)]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def format_timestamps(values: pd.Series) -> pd.Series:
+    """ISO-8601 UTC text with microseconds and a ``Z`` suffix, the canonical wire format."""
+    stamps = pd.to_datetime(values, utc=True)
+    return stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a canonical frame to CSV, CSV.gz or Parquet, chosen by the file name.
+
+    The bytes depend only on the frame: gzip carries no timestamp, so the same data gives
+    byte-identical files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        frame.to_parquet(path, index=False)
+        return path
+    if not name.endswith(CSV_SUFFIXES):
+        raise ValueError(
+            f"{path}: unsupported file type; expected one of {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
+        )
+    out = frame.copy()
+    if TIMESTAMP in out.columns:
+        out[TIMESTAMP] = format_timestamps(out[TIMESTAMP])
+    text = out.to_csv(index=False, lineterminator="\n")
+    if name.endswith(".gz"):
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as handle:
+            handle.write(text.encode())
+        path.write_bytes(buffer.getvalue())
+    else:
+        path.write_text(text)
+    return path
