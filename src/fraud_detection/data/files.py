@@ -30,6 +30,7 @@ from fraud_detection.schema import (
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+_SUPPORTED = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,7 @@ def _read_one(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=dtypes)
     if name.endswith(PARQUET_SUFFIXES):
         return pd.read_parquet(path)
-    raise ValueError(
-        f"{path}: unsupported file type; expected one of {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
-    )
+    raise ValueError(f"{path}: unsupported file type; expected one of {_SUPPORTED}")
 
 
 def read_transactions(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -171,9 +170,7 @@ def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
         frame.to_parquet(path, index=False)
         return path
     if not name.endswith(CSV_SUFFIXES):
-        raise ValueError(
-            f"{path}: unsupported file type; expected one of {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
-        )
+        raise ValueError(f"{path}: unsupported file type; expected one of {_SUPPORTED}")
     out = frame.copy()
     if TIMESTAMP in out.columns:
         out[TIMESTAMP] = format_timestamps(out[TIMESTAMP])

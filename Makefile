@@ -1,0 +1,55 @@
+# Fraud detection on Kubeflow Pipelines + KServe. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+UV_VERSION := 0.13.9
+BIN := $(VENV)/bin
+FRAUD := $(BIN)/fraud
+DEMO_DIR ?= demo-output
+INSTALLED := $(VENV)/.installed
+CODE := $(wildcard $(CODE))
+
+.DEFAULT_GOAL := help
+.PHONY: help install lock test test-unit test-integration lint format demo bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(INSTALLED) ## Create .venv with the locked dependencies (idempotent)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+lock: ## Re-resolve requirements.lock from pyproject.toml (then commit it)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade -o requirements.lock
+
+test: install ## Run the unit and integration tests (starts and stops the broker and servers)
+	$(BIN)/pytest tests/unit tests/integration
+
+test-unit: install ## Run the fast unit tests only
+	$(BIN)/pytest tests/unit
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix $(CODE)
+	$(BIN)/ruff format $(CODE)
+
+demo: install ## Generate data, validate it and print a summary
+	$(FRAUD) generate --out $(DEMO_DIR)/transactions.csv.gz --transactions 200000 --cards 4000 --days 60
+	$(FRAUD) validate $(DEMO_DIR)/transactions.csv.gz
+
+bench: install ## Run the benchmarks and print their figures
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean: ## Remove generated outputs (keeps .venv)
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
