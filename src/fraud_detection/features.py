@@ -97,7 +97,7 @@ def timestamp_to_micros(value: str | datetime) -> int:
 
 def timestamps_to_micros(values: pd.Series) -> np.ndarray:
     """Vectorised :func:`timestamp_to_micros` for a column of strings or datetimes."""
-    stamps = pd.to_datetime(values, utc=True)
+    stamps = pd.to_datetime(values, utc=True, format="ISO8601")
     return stamps.dt.as_unit("ns").astype("int64").to_numpy() // 1_000
 
 

@@ -229,3 +229,9 @@ def test_out_of_order_transaction_is_windowed_at_the_card_latest_time() -> None:
 )
 def test_scalar_and_vectorised_timestamp_parsing_agree(text: str) -> None:
     assert timestamp_to_micros(text) == timestamps_to_micros(pd.Series([text]))[0]
+
+
+def test_vectorised_parsing_accepts_mixed_iso_formats() -> None:
+    texts = ["2018-04-01 00:00:31", "2018-04-01T02:00:31+02:00", "2018-04-01T00:00:31.250000Z"]
+    got = timestamps_to_micros(pd.Series(texts))
+    assert got.tolist() == [timestamp_to_micros(text) for text in texts]

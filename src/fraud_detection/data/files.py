@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fraud_detection.schema import (
@@ -153,8 +154,8 @@ def read_transactions(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 def format_timestamps(values: pd.Series) -> pd.Series:
     """ISO-8601 UTC text with microseconds and a ``Z`` suffix, the canonical wire format."""
-    stamps = pd.to_datetime(values, utc=True)
-    return stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+    return pd.Series(np.char.add(np.datetime_as_string(stamps, unit="us"), "Z"), index=values.index)
 
 
 def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -177,7 +178,7 @@ def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
     text = out.to_csv(index=False, lineterminator="\n")
     if name.endswith(".gz"):
         buffer = io.BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as handle:
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6) as handle:
             handle.write(text.encode())
         path.write_bytes(buffer.getvalue())
     else:
