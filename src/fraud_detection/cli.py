@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Real-time card fraud detection on Kubeflow Pipelines and KServe.",
@@ -20,7 +21,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error to stderr and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -84,6 +85,80 @@ def validate(
         raise typer.Exit(1)
     console.print(f"[green]valid[/]: {len(frame):,} rows")
     console.print(summarize(frame))
+
+
+kafka_app = typer.Typer(
+    help="The local Kafka-protocol broker (tansu) for development and tests.",
+    no_args_is_help=True,
+)
+app.add_typer(kafka_app, name="kafka")
+
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="State and log directory [default: $FRAUD_STATE_DIR/kafka, else .fraud/kafka]."
+    ),
+]
+
+
+@kafka_app.command("up")
+def kafka_up(
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on [default: a free one].")
+    ] = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic", help="Topic to create (repeatable) [default: the project's topics]."
+        ),
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per created topic.")] = 1,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Start a local broker in the background (or report the one already running)."""
+    from fraud_detection.streaming.broker import BrokerError, start_detached
+
+    try:
+        state, started = start_detached(
+            state_dir, port=port, topics=topic or None, partitions=partitions
+        )
+    except BrokerError as exc:
+        raise fail(str(exc)) from exc
+    verb = "started" if started else "already running:"
+    console.print(
+        f"kafka broker {verb} {state.bootstrap} (pid {state.pid}, log {state.log_path})",
+        soft_wrap=True,
+        markup=False,
+    )
+    if not started and port is not None and port != state.port:
+        err_console.print(f"[yellow]note:[/] --port {port} ignored; `fraud kafka down` first")
+    console.print(f"export FRAUD_KAFKA_BOOTSTRAP={state.bootstrap}", soft_wrap=True)
+
+
+@kafka_app.command("down")
+def kafka_down(state_dir: StateDirOption = None) -> None:
+    """Stop the background broker; succeeds when none is running."""
+    from fraud_detection.streaming.broker import BrokerError, stop_detached
+
+    try:
+        state = stop_detached(state_dir)
+    except BrokerError as exc:
+        raise fail(str(exc)) from exc
+    if state is None:
+        console.print("no kafka broker running")
+    else:
+        console.print(f"kafka broker stopped ({state.bootstrap}, pid {state.pid})")
+
+
+@kafka_app.command("status")
+def kafka_status(state_dir: StateDirOption = None) -> None:
+    """Show the background broker; exit 1 when none is running and answering."""
+    from fraud_detection.streaming.broker import status
+
+    report = status(state_dir)
+    console.print(report.describe(), soft_wrap=True, markup=False)
+    if not report.running:
+        raise typer.Exit(1)
 
 
 def main() -> None:
