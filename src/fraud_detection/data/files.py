@@ -95,15 +95,26 @@ def to_canonical_names(frame: pd.DataFrame, source: str = "<frame>") -> pd.DataF
     kept = {src: dst for src, dst in schema.mapping.items() if src in frame.columns}
     out = frame[list(kept)].rename(columns=kept)
     for column in ID_COLUMNS:
-        out[column] = out[column].map(_id_to_str)
+        out[column] = _ids_to_str(out[column])
     return out.reset_index(drop=True)
 
 
-def _id_to_str(value: object) -> object:
+def _ids_to_str(values: pd.Series) -> pd.Series:
     """Identifiers are strings; keep missing values missing so validation can report them."""
-    if value is None or (isinstance(value, float) and value != value):
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "string":
+        return values
+    # Through object first: a nullable Int64 id 7 must become "7", not "7.0".
+    return values.astype(object).map(_id_to_str)
+
+
+def _id_to_str(value: object) -> object:
+    if isinstance(value, str):
         return value
-    return str(value)
+    try:
+        missing = bool(pd.isna(value))  # None, NaN, pd.NA, NaT
+    except (TypeError, ValueError):
+        missing = False
+    return value if missing else str(value)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -154,7 +165,9 @@ def read_transactions(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 def format_timestamps(values: pd.Series) -> pd.Series:
     """ISO-8601 UTC text with microseconds and a ``Z`` suffix, the canonical wire format."""
-    stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+    # ISO8601, not a format inferred from the first value: "...Z", offsets and naive text mix.
+    stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+    stamps = stamps.dt.tz_convert(None).to_numpy("datetime64[us]")
     return pd.Series(np.char.add(np.datetime_as_string(stamps, unit="us"), "Z"), index=values.index)
 
 
@@ -178,7 +191,9 @@ def write_transactions(frame: pd.DataFrame, path: str | Path) -> Path:
     text = out.to_csv(index=False, lineterminator="\n")
     if name.endswith(".gz"):
         buffer = io.BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6) as handle:
+        with gzip.GzipFile(
+            fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6
+        ) as handle:
             handle.write(text.encode())
         path.write_bytes(buffer.getvalue())
     else:
