@@ -38,15 +38,17 @@ def main() -> None:
         offline_s = time.perf_counter() - started
 
     cards = frame["card_id"].astype(str).tolist()
+    merchants = frame["merchant_id"].astype(str).tolist()
     amounts = frame["amt"].astype(float).tolist()
     stamps = timestamps_to_micros(frame["timestamp"]).tolist()
     state = OnlineFeatureState()
     latencies = np.empty(len(frame))
     with console.status("online features, one transaction at a time"):
         clock = time.perf_counter
-        for i, (card, amount, stamp) in enumerate(zip(cards, amounts, stamps, strict=True)):
+        rows = zip(cards, merchants, amounts, stamps, strict=True)
+        for i, (card, merchant, amount, stamp) in enumerate(rows):
             started = clock()
-            state.process(card, amount, stamp)
+            state.process(card, merchant, amount, stamp)
             latencies[i] = clock() - started
     online_total = float(latencies.sum())
 
