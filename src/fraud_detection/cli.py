@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.pipeline_cli import register as register_pipeline
+
 app = typer.Typer(
     help="Real-time card fraud detection on Kubeflow Pipelines and KServe.",
     no_args_is_help=True,
@@ -159,6 +161,9 @@ def kafka_status(state_dir: StateDirOption = None) -> None:
     console.print(report.describe(), soft_wrap=True, markup=False)
     if not report.running:
         raise typer.Exit(1)
+
+
+register_pipeline(app)
 
 
 def main() -> None:

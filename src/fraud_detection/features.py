@@ -406,7 +406,9 @@ class OnlineFeatureState:
         payload = json.dumps(self.to_dict(), separators=(",", ":")).encode()
         with (
             tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle,
-            gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as archive,
+            gzip.GzipFile(
+                fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=6
+            ) as archive,
         ):
             archive.write(payload)
         os.replace(handle.name, path)

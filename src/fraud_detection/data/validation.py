@@ -450,6 +450,12 @@ class ValidationReport:
                 return failure
         return None
 
+    def failing_rows(self) -> list[int] | None:
+        """Every row that failed a row-level check; None when a whole column failed."""
+        if any(failure.rows is None for failure in self.failures):
+            return None
+        return sorted({row for failure in self.failures for row in failure.rows or ()})
+
     def summary(self) -> str:
         """One line: the verdict, then each failing column, check and count."""
         if self.ok:
@@ -644,9 +650,9 @@ def drop_invalid_rows(frame: pd.DataFrame, report: ValidationReport) -> pd.DataF
     column (missing, wrong type) cannot be fixed by dropping rows and raises
     :class:`DataValidationError`.
     """
-    if any(failure.rows is None for failure in report.failures):
+    bad = report.failing_rows()
+    if bad is None:
         raise DataValidationError(report)
-    bad = sorted({row for failure in report.failures for row in failure.rows or ()})
     return frame.drop(index=frame.index[bad])
 
 

@@ -1,0 +1,43 @@
+"""Component ``evaluate``: metrics at the threshold, for the new and the deployed model."""
+
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+
+def evaluate(
+    model: Input[Model],
+    training_set: Input[Dataset],
+    threshold: float,
+    registry_dir: str,
+    review_cost: float,
+    fraud_amount: float,
+    evaluation: Output[Artifact],
+    predictions: Output[Dataset],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+):
+    """Score the test set; log recall, precision, F1, PR-AUC, ROC-AUC and Card Precision@100 as
+    Metrics and the confusion matrix and ROC curve as ClassificationMetrics. The model deployed
+    in the registry, if any, is scored on the same test set."""
+    from fraud_detection.training.steps import deployed_bundle, evaluate_step
+
+    result = evaluate_step(
+        model.path,
+        training_set.path,
+        threshold,
+        evaluation.path,
+        predictions.path,
+        deployed_dir=deployed_bundle(registry_dir or None),
+        review_cost=review_cost,
+        fraud_amount=fraud_amount,
+    )
+    scores = result["metrics"]
+    for name in ("recall", "precision", "f1", "pr_auc", "roc_auc", "card_precision_at_100"):
+        metrics.log_metric(name, float(scores[name]))
+    metrics.log_metric("threshold", float(scores["threshold"]))
+    deployed = result["deployed"]
+    if deployed.get("evaluated"):
+        for name in ("recall", "f1", "pr_auc"):
+            metrics.log_metric(f"deployed_{name}", float(deployed["metrics"][name]))
+    classification.log_confusion_matrix(result["class_names"], scores["confusion_matrix"])
+    roc = result["roc_curve"]
+    classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])

@@ -1,0 +1,328 @@
+"""``fraud pipeline ...`` and ``fraud model ...``: the training-pipeline commands of the CLI.
+
+``pipeline run`` runs the Kubeflow pipeline locally with ``kfp.local`` (generating data first
+when no input is given) and writes ``metrics.json`` and ``report.html``; ``compile``, ``submit``
+and ``schedule`` target a Kubeflow Pipelines cluster. ``model list`` and ``model rollback``
+manage the local model registry. Commands parse arguments and call the library; kfp and the
+training code are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+pipeline_app = typer.Typer(
+    help="The training pipeline: run locally (kfp.local), compile, submit, schedule.",
+    no_args_is_help=True,
+)
+model_app = typer.Typer(
+    help="The local model registry: list versions, roll back.", no_args_is_help=True
+)
+
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry", help="Model registry directory (default $FRAUD_REGISTRY or ./registry)."
+    ),
+]
+HostOption = Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint URL.")]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Any pipeline parameter as KEY=VALUE (repeatable)."),
+]
+PackageOption = Annotated[
+    Path | None,
+    typer.Option(help="A compiled pipeline YAML to send (default: compile it now)."),
+]
+ImageOption = Annotated[
+    str | None,
+    typer.Option(help="Container image of the components (default $FRAUD_IMAGE or the project's)."),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _registry_root(registry: Path | None) -> Path:
+    from fraud_detection.registry import default_registry_root
+
+    return (registry or default_registry_root()).resolve()
+
+
+def _parameters(pairs: list[str] | None) -> dict[str, Any]:
+    from fraud_detection.pipeline.client import ScheduleError, parse_parameters
+
+    try:
+        return parse_parameters(pairs or [])
+    except ScheduleError as exc:
+        raise _fail(str(exc), code=2) from exc
+
+
+def _default_output_dir() -> Path:
+    return Path("runs") / datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+
+
+@pipeline_app.command("run")
+def run(
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="Input files or globs (CSV, CSV.gz, Parquet); repeatable."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/run-<UTC time>).")
+    ] = None,
+    registry: RegistryOption = None,
+    min_recall: Annotated[float | None, typer.Option(help="Gate: minimum recall.")] = None,
+    min_f1: Annotated[float | None, typer.Option(help="Gate: minimum F1.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Fraud threshold (default 0.1).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the split, the forest and generated data.")
+    ] = 42,
+    split: Annotated[str, typer.Option(help="stratified or temporal.")] = "stratified",
+    train_start: Annotated[
+        str | None, typer.Option(help="Temporal split: first training day.")
+    ] = None,
+    train_end: Annotated[
+        str | None, typer.Option(help="Temporal split: last training day.")
+    ] = None,
+    test_start: Annotated[str | None, typer.Option(help="Temporal split: first test day.")] = None,
+    test_end: Annotated[str | None, typer.Option(help="Temporal split: last test day.")] = None,
+    kafka_topic: Annotated[
+        str | None, typer.Option(help="Ingest from this Kafka topic instead of files.")
+    ] = None,
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (default $FRAUD_KAFKA_BOOTSTRAP).")
+    ] = None,
+    kafka_max_records: Annotated[
+        int, typer.Option(min=0, help="Read at most this many records (0: to the end offsets).")
+    ] = 0,
+    transactions: Annotated[
+        int, typer.Option(min=1000, help="Without --data: transactions to generate.")
+    ] = 200_000,
+    cards: Annotated[int, typer.Option(min=1, help="Without --data: cards to generate.")] = 4_000,
+    days: Annotated[int, typer.Option(min=1, help="Without --data: days to generate.")] = 60,
+    param: ParamOption = None,
+) -> None:
+    """Run the whole pipeline locally with kfp.local and write metrics.json and report.html."""
+    from fraud_detection.pipeline.local import PipelineRunError, run_local, write_run_summary
+    from fraud_detection.training.dataset import SPLITS
+
+    if split not in SPLITS:
+        raise _fail(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}", code=2)
+    output_dir = (output_dir or _default_output_dir()).resolve()
+    arguments: dict[str, Any] = {
+        "seed": seed,
+        "split": split,
+        "registry_dir": str(_registry_root(registry)),
+        "deploy_target": "local",
+    }
+    options = {
+        "min_recall": min_recall,
+        "min_f1": min_f1,
+        "threshold": threshold,
+        "train_start": train_start,
+        "train_end": train_end,
+        "test_start": test_start,
+        "test_end": test_end,
+    }
+    arguments.update({name: value for name, value in options.items() if value is not None})
+    if kafka_topic:
+        arguments.update(
+            kafka_topic=kafka_topic,
+            kafka_bootstrap=kafka_bootstrap or "",
+            kafka_max_records=kafka_max_records,
+        )
+    elif data:
+        # Absolute, so the components find them whatever their working directory.
+        arguments["data"] = [os.path.abspath(os.path.expanduser(path)) for path in data]
+    else:
+        arguments["data"] = [str(_generate(output_dir, transactions, cards, days, seed))]
+    arguments.update(_parameters(param))
+
+    console.print(f"running the pipeline locally; outputs in {output_dir}")
+    try:
+        result = run_local(arguments, output_dir, console=err_console)
+    except PipelineRunError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        if exc.details:
+            err_console.print(escape(exc.details), soft_wrap=True)
+        if exc.report_path is not None:
+            from rich.markdown import Markdown
+
+            err_console.print(Markdown(exc.report_path.read_text()))
+            err_console.print(f"report: {exc.report_path}")
+        err_console.print(f"full log: {exc.log_path}")
+        raise typer.Exit(1) from exc
+    metrics_path = write_run_summary(result)
+    _print_summary(result, metrics_path)
+
+
+def _generate(output_dir: Path, transactions: int, cards: int, days: int, seed: int) -> Path:
+    from fraud_detection.data.files import write_transactions
+    from fraud_detection.data.generator import GeneratorConfig, generate_transactions
+
+    config = GeneratorConfig(n_transactions=transactions, n_cards=cards, days=days, seed=seed)
+    with console.status(f"generating {transactions:,} transactions"):
+        path = write_transactions(
+            generate_transactions(config), output_dir / "data" / "transactions.parquet"
+        )
+    console.print(f"generated {transactions:,} transactions into {path}")
+    return path
+
+
+def _print_summary(result: Any, metrics_path: Path) -> None:
+    metrics = result.evaluation["metrics"]
+    table = Table(title=f"model {result.model_version}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name in ("recall", "precision", "f1", "pr_auc", "roc_auc", "card_precision_at_100"):
+        table.add_row(name, f"{metrics[name]:.4f}")
+    table.add_row("threshold", f"{metrics['threshold']:g}")
+    console.print(table)
+    verdict = "[green]passed[/]" if result.gate_passed else "[red]refused[/]"
+    console.print(f"gate: {verdict}")
+    for reason in result.decision.get("reasons", []):
+        console.print(f"  {escape(reason)}")
+    if result.deployed:
+        console.print(f"deployed: {result.model_version} ({result.deployment.get('registry', '')})")
+    else:
+        console.print("deployed: no")
+    console.print(f"report:  {result.output_dir / 'report.html'}")
+    console.print(f"metrics: {metrics_path}")
+
+
+@pipeline_app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option(help="Where to write the pipeline YAML.")] = Path(
+        "pipelines/fraud_training_pipeline.yaml"
+    ),
+    components_dir: Annotated[
+        Path | None, typer.Option(help="Also write each component's YAML into this directory.")
+    ] = None,
+    image: ImageOption = None,
+) -> None:
+    """Compile the pipeline to IR YAML (upload it in the Kubeflow UI)."""
+    from fraud_detection.pipeline.client import compile_components, compile_pipeline
+
+    path = compile_pipeline(output, image)
+    console.print(f"wrote {path}")
+    if components_dir is not None:
+        for written in compile_components(components_dir, image):
+            console.print(f"wrote {written}")
+
+
+@pipeline_app.command("submit")
+def submit(
+    host: HostOption,
+    param: ParamOption = None,
+    package: PackageOption = None,
+    experiment: Annotated[str, typer.Option(help="Experiment name.")] = "fraud-detection",
+    run_name: Annotated[str | None, typer.Option(help="Run name shown in the UI.")] = None,
+    image: ImageOption = None,
+) -> None:
+    """Start one run of the pipeline on a Kubeflow Pipelines cluster."""
+    from fraud_detection.pipeline import client
+
+    arguments = _parameters(param)
+    try:
+        result = client.submit(host, arguments, package, experiment, run_name, image)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), code=2) from exc
+    console.print(f"submitted run {getattr(result, 'run_id', result)} to {host}")
+
+
+@pipeline_app.command("schedule")
+def schedule(
+    host: HostOption,
+    cron: Annotated[
+        str, typer.Option(help="Six-field cron, seconds first, UTC (default: monthly).")
+    ] = "0 0 2 1 * *",
+    param: ParamOption = None,
+    package: PackageOption = None,
+    experiment: Annotated[str, typer.Option(help="Experiment name.")] = "fraud-detection",
+    name: Annotated[str, typer.Option(help="Recurring run name.")] = "fraud-training-monthly",
+    image: ImageOption = None,
+) -> None:
+    """Create a recurring run (one at a time, no catch-up) on a Kubeflow Pipelines cluster."""
+    from fraud_detection.pipeline import client
+
+    arguments = _parameters(param)
+    try:
+        result = client.schedule(host, cron, arguments, package, experiment, name, image)
+    except (client.ScheduleError, FileNotFoundError) as exc:
+        raise _fail(str(exc), code=2) from exc
+    console.print(
+        f"scheduled {name!r} on {cron!r} (UTC): {getattr(result, 'recurring_run_id', result)}"
+    )
+
+
+@model_app.command("list")
+def list_models(registry: RegistryOption = None) -> None:
+    """List the versions in the registry, oldest first; the current one is marked."""
+    from fraud_detection.registry import ModelRegistry
+
+    root = _registry_root(registry)
+    models = ModelRegistry(root).list()
+    if not models:
+        console.print(f"no model in {root}", soft_wrap=True)
+        return
+    table = Table(title=f"models in {root}", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True)
+    for name in ("recall", "f1", "pr_auc"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=6)
+    for model in models:
+        metrics = model.manifest.metrics
+        table.add_row(
+            "*" if model.is_current else "",
+            model.version,
+            model.manifest.created_at[:19],
+            *(
+                f"{metrics[name]:.4f}" if name in metrics else "-"
+                for name in ("recall", "f1", "pr_auc")
+            ),
+        )
+    console.print(table)
+
+
+@model_app.command("rollback")
+def rollback(
+    version: Annotated[
+        str | None, typer.Argument(help="Version to make current (default: the previous one).")
+    ] = None,
+    registry: RegistryOption = None,
+) -> None:
+    """Point the registry's current model at an earlier version."""
+    from fraud_detection.bundle import BundleError
+    from fraud_detection.registry import ModelRegistry
+
+    model_registry = ModelRegistry(_registry_root(registry))
+    before = model_registry.current_version()
+    try:
+        now = model_registry.rollback(version)
+    except (ValueError, BundleError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"current model: {now} (was {before})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``pipeline`` and ``model`` command groups to the ``fraud`` app."""
+    app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(model_app, name="model")

@@ -1,0 +1,233 @@
+"""Deployment of a gated bundle: into the local registry, or as a KServe InferenceService.
+
+* **local** — :meth:`fraud_detection.registry.ModelRegistry.promote`: the bundle is verified,
+  copied in as a new version, and the ``current`` pointer is switched atomically; earlier
+  versions stay for rollback.
+* **kserve** — patch the existing ``InferenceService`` (normally applied from
+  ``kserve/inferenceservice.yaml``) so that both its transformer and its predictor fetch the new
+  bundle (``STORAGE_URI``), everything else unchanged; or create a minimal one when there is none.
+  The Kubernetes API object is passed in (a ``kubernetes.client.CustomObjectsApi`` or anything
+  with the same three methods), so the code path is the same in tests.
+
+``auto`` picks ``kserve`` inside a Kubernetes pod (``KUBERNETES_SERVICE_HOST`` is set) and
+``local`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fraud_detection.registry import ModelRegistry
+
+LOCAL = "local"
+KSERVE = "kserve"
+AUTO = "auto"
+TARGETS: tuple[str, ...] = (AUTO, LOCAL, KSERVE)
+
+KSERVE_GROUP = "serving.kserve.io"
+KSERVE_VERSION = "v1beta1"
+KSERVE_PLURAL = "inferenceservices"
+#: Where KServe's storage initializer puts the model files in the serving containers.
+MODEL_MOUNT = "/mnt/models"
+#: The environment variable that makes KServe fetch a custom container's model.
+STORAGE_URI_ENV = "STORAGE_URI"
+VERSION_ANNOTATION = "fraud-detection.example.com/model-version"
+_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class DeployError(RuntimeError):
+    """The model could not be deployed."""
+
+
+class CustomObjectsApi(Protocol):
+    """The part of ``kubernetes.client.CustomObjectsApi`` the deployment uses."""
+
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> Any: ...
+
+    def create_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, body: Any
+    ) -> Any: ...
+
+    def patch_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
+    ) -> Any: ...
+
+
+def resolve_target(target: str, environ: Mapping[str, str] | None = None) -> str:
+    """``local`` or ``kserve``; ``auto`` means kserve inside a Kubernetes pod."""
+    target = target.strip().lower()
+    if target not in TARGETS:
+        raise DeployError(f"deploy_target: must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target != AUTO:
+        return target
+    env = os.environ if environ is None else environ
+    return KSERVE if env.get("KUBERNETES_SERVICE_HOST") else LOCAL
+
+
+def promote_local(bundle_dir: str | Path, registry_dir: str | Path | None) -> dict[str, Any]:
+    """Promote the bundle into the registry and make it current; return what was done."""
+    registry = ModelRegistry(registry_dir or None)
+    previous = registry.current_version()
+    version = registry.promote(bundle_dir)
+    return {
+        "target": LOCAL,
+        "registry": str(registry.root.resolve()),
+        "model_version": version,
+        "previous_version": previous,
+        "current": str(registry.current()),
+    }
+
+
+def storage_uri(artifact_uri: str) -> str:
+    """The KServe ``storageUri`` of a pipeline artifact (KFP's ``minio://`` is S3 to KServe)."""
+    if artifact_uri.startswith("minio://"):
+        return "s3://" + artifact_uri[len("minio://") :]
+    return artifact_uri
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Which InferenceService to roll out, to which bundle."""
+
+    name: str
+    namespace: str
+    storage_uri: str
+    model_version: str
+    predictor_image: str = "fraud-detection-predictor:0.1.0"
+    transformer_image: str = "fraud-detection-transformer:0.1.0"
+
+
+def _container(image: str, spec: ServiceSpec) -> dict[str, Any]:
+    return {
+        "name": "kserve-container",
+        "image": image,
+        # The serving images' entry points start the predictor / transformer.
+        "args": ["--model_name", spec.name, "--model_dir", MODEL_MOUNT, "--enable_grpc", "false"],
+        # A custom container with STORAGE_URI gets KServe's storage initializer.
+        "env": [{"name": STORAGE_URI_ENV, "value": spec.storage_uri}],
+    }
+
+
+def inference_service(spec: ServiceSpec) -> dict[str, Any]:
+    """A new ``InferenceService``: the transformer in front of the predictor, one bundle.
+
+    Used only when none exists yet; an existing one (normally applied from
+    ``kserve/inferenceservice.yaml``) keeps its own settings and only gets the new bundle.
+    """
+    return {
+        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": {"app.kubernetes.io/part-of": "fraud-detection"},
+            "annotations": {VERSION_ANNOTATION: spec.model_version},
+        },
+        "spec": {
+            "predictor": {"containers": [_container(spec.predictor_image, spec)]},
+            # The transformer holds per-card state in memory: exactly one replica.
+            "transformer": {
+                "minReplicas": 1,
+                "maxReplicas": 1,
+                "containers": [_container(spec.transformer_image, spec)],
+            },
+        },
+    }
+
+
+def storage_patch(existing: Mapping[str, Any], spec: ServiceSpec) -> dict[str, Any]:
+    """A JSON merge patch pointing every component of ``existing`` at ``spec.storage_uri``.
+
+    Containers carry ``STORAGE_URI`` (set, or added); a component with a ``model`` section gets
+    ``model.storageUri``. A merge patch replaces lists whole, so each container list is sent in
+    full, copied from ``existing``: images, arguments and resources stay as they are.
+    """
+    patch_spec: dict[str, Any] = {}
+    for part, component in (existing.get("spec") or {}).items():
+        if not isinstance(component, Mapping):
+            continue
+        changed: dict[str, Any] = {}
+        if component.get("containers"):
+            containers = copy.deepcopy(list(component["containers"]))
+            for container in containers:
+                env = [e for e in container.get("env", []) if e.get("name") != STORAGE_URI_ENV]
+                container["env"] = [{"name": STORAGE_URI_ENV, "value": spec.storage_uri}, *env]
+            changed["containers"] = containers
+        if isinstance(component.get("model"), Mapping):
+            changed["model"] = {"storageUri": spec.storage_uri}
+        if changed:
+            patch_spec[part] = changed
+    if not patch_spec:
+        raise DeployError(
+            f"InferenceService {spec.namespace}/{spec.name} has no container or model to point "
+            "at the new bundle"
+        )
+    return {
+        "metadata": {"annotations": {VERSION_ANNOTATION: spec.model_version}},
+        "spec": patch_spec,
+    }
+
+
+def current_namespace(default: str = "default") -> str:
+    """The pod's namespace (from its service-account mount), else ``default``."""
+    try:
+        return _NAMESPACE_FILE.read_text().strip() or default
+    except OSError:
+        return default
+
+
+def apply_inference_service(api: CustomObjectsApi, spec: ServiceSpec) -> str:
+    """Create the InferenceService, or patch the existing one to the new bundle.
+
+    Returns ``created`` or ``patched``.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    where = {
+        "group": KSERVE_GROUP,
+        "version": KSERVE_VERSION,
+        "namespace": spec.namespace,
+        "plural": KSERVE_PLURAL,
+    }
+    try:
+        existing = api.get_namespaced_custom_object(name=spec.name, **where)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise DeployError(
+                f"reading InferenceService {spec.namespace}/{spec.name}: {exc.status} {exc.reason}"
+            ) from exc
+        api.create_namespaced_custom_object(body=inference_service(spec), **where)
+        return "created"
+    api.patch_namespaced_custom_object(name=spec.name, body=storage_patch(existing, spec), **where)
+    return "patched"
+
+
+def kubernetes_api() -> CustomObjectsApi:
+    """A ``CustomObjectsApi`` from the in-cluster config (or ``~/.kube/config`` outside)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def deploy_kserve(spec: ServiceSpec, api: CustomObjectsApi | None = None) -> dict[str, Any]:
+    """Create or patch the InferenceService to ``spec.storage_uri``; return what was done."""
+    api = api if api is not None else kubernetes_api()
+    action = apply_inference_service(api, spec)
+    return {
+        "target": KSERVE,
+        "action": action,
+        "inference_service": f"{spec.namespace}/{spec.name}",
+        "storage_uri": spec.storage_uri,
+        "model_version": spec.model_version,
+    }

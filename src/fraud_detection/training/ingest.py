@@ -1,0 +1,121 @@
+"""Ingestion: transactions from files (or globs) or from a Kafka topic, into one frame.
+
+Files are CSV, CSV.gz or Parquet in the canonical or the handbook schema
+(:mod:`fraud_detection.data.files`). A Kafka topic is read with a bound
+(:func:`fraud_detection.streaming.kafka.read_topic`): up to ``max_records`` records, or until the
+end offsets seen when the read started; each record's value is one JSON transaction.
+
+Values are kept as read (canonical names, no coercion): typing and checking is the validation
+step's job, so that a bad value is reported there rather than silently changed here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+
+class IngestError(ValueError):
+    """No usable input: nothing given, a missing file, an unknown schema, no rows."""
+
+
+def read_files(paths: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Transactions from files or globs, and the files read; :class:`IngestError` names the
+    problem (a missing file, a pattern matching nothing, an unknown schema or file type)."""
+    from fraud_detection.data.files import expand_paths, read_transactions
+
+    try:
+        files = expand_paths(paths)
+        return read_transactions(files), [str(path) for path in files]
+    except (OSError, ValueError) as exc:  # FileNotFoundError, UnknownSchemaError, bad type
+        raise IngestError(str(exc)) from exc
+
+
+def decode_records(records: Sequence[Any], topic: str) -> pd.DataFrame:
+    """A frame from Kafka records whose values are JSON objects (bytes or str)."""
+    from fraud_detection.data.files import to_canonical_names
+
+    rows = []
+    for record in records:
+        raw = record.value
+        try:
+            value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            raise IngestError(
+                f"kafka:{topic} partition {record.partition} offset {record.offset}: "
+                f"not a JSON transaction ({exc})"
+            ) from exc
+        if not isinstance(value, dict):
+            raise IngestError(
+                f"kafka:{topic} partition {record.partition} offset {record.offset}: "
+                f"expected a JSON object, got {type(value).__name__}"
+            )
+        rows.append(value)
+    if not rows:
+        raise IngestError(f"kafka:{topic}: the topic holds no records")
+    try:
+        return to_canonical_names(pd.DataFrame.from_records(rows), f"kafka:{topic}")
+    except ValueError as exc:
+        raise IngestError(str(exc)) from exc
+
+
+def read_kafka(
+    bootstrap: str, topic: str, max_records: int = 0, timeout_s: float = 60.0
+) -> pd.DataFrame:
+    """Transactions from a topic, read from the start up to the bound (0: the end offsets)."""
+    from fraud_detection.streaming.kafka import UnknownTopicError, read_topic
+
+    try:
+        records = read_topic(bootstrap, topic, max_records=max_records or None, timeout_s=timeout_s)
+    except (UnknownTopicError, TimeoutError) as exc:
+        raise IngestError(f"kafka:{topic} at {bootstrap}: {exc}") from exc
+    return decode_records(records, topic)
+
+
+def ingest(
+    paths: Sequence[str] = (),
+    kafka_bootstrap: str = "",
+    kafka_topic: str = "",
+    kafka_max_records: int = 0,
+) -> tuple[pd.DataFrame, str]:
+    """Read from the files, or from Kafka when a topic is given; return the frame and its source
+    (the files read, or the topic).
+
+    Exactly one source must be given. An empty result is an error.
+    """
+    paths = [str(path) for path in paths if str(path).strip()]
+    if paths and kafka_topic:
+        raise IngestError("give either data files or a Kafka topic, not both")
+    if kafka_topic:
+        if not kafka_bootstrap:
+            from fraud_detection.streaming.kafka import resolve_bootstrap
+
+            kafka_bootstrap = resolve_bootstrap(None)
+        frame = read_kafka(kafka_bootstrap, kafka_topic, kafka_max_records)
+        source = f"kafka:{kafka_topic}@{kafka_bootstrap}"
+    elif paths:
+        frame, files = read_files(paths)
+        source = ", ".join(files)
+    else:
+        raise IngestError("no input: give data files (or globs) or a Kafka topic")
+    if frame.empty:
+        raise IngestError(f"{source}: no transactions (the input is empty)")
+    return frame, source
+
+
+def arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Make mixed-type object columns writable to Parquet by turning their values to text.
+
+    Missing values stay missing; a column of one Python type is left alone.
+    """
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype != object:
+            continue
+        kinds = {type(value) for value in out[column].dropna()}
+        if len(kinds) > 1:
+            out[column] = out[column].map(lambda v: v if pd.isna(v) else str(v))
+    return out

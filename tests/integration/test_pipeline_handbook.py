@@ -1,0 +1,40 @@
+"""The pipeline on the external handbook data, as published (skipped when it is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fraud_detection.pipeline.local import run_local, run_summary
+
+pytestmark = [pytest.mark.integration, pytest.mark.handbook]
+
+
+def test_the_handbook_month_trains_with_a_temporal_split(
+    handbook_dir: Path, tmp_path: Path
+) -> None:
+    run = run_local(
+        {
+            "data": [str(handbook_dir / "transactions-2018-04.csv.gz")],
+            "split": "temporal",
+            "train_start": "2018-04-08",
+            "train_end": "2018-04-14",
+            "test_start": "2018-04-22",
+            "test_end": "2018-04-28",
+            "max_invalid_fraction": 0.001,  # 4 transactions of April have an amount of 0
+            "n_estimators": 30,
+            "class_weight": "none",
+            "min_samples_leaf": 5,
+            "registry_dir": str(tmp_path / "registry"),
+        },
+        tmp_path / "run",
+    )
+    summary = run_summary(run)
+    validated = run.run_dir / "validate" / "report"
+    assert "4 failing rows" in validated.read_text()
+    split = summary["training"]["split"]
+    assert split["windows"]["test_start"].startswith("2018-04-22")
+    assert split["test_rows_excluded_known_compromised"] > 0
+    assert summary["roc_auc"] > 0.8 and summary["pr_auc"] > 0.5
+    assert 0.0 < summary["card_precision_at_100"] <= 1.0

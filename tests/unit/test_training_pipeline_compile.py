@@ -1,0 +1,102 @@
+"""The compiled pipeline: the committed YAML is current, and the DAG gates deploy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fraud_detection.pipeline.client import compile_components, compile_pipeline
+from fraud_detection.pipeline.components import DEFAULT_IMAGE, IMAGE_ENV, STEPS
+from fraud_detection.pipeline.dag import PIPELINE_NAME, pipeline_parameters
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "pipelines" / "fraud_training_pipeline.yaml"
+COMPONENTS = REPO / "components"
+REGENERATE = "regenerate with: python pipelines/fraud_training_pipeline.py"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline compiled now, with the default image."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(IMAGE_ENV, raising=False)
+        return compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def spec(compiled: Path) -> dict:
+    return yaml.safe_load(compiled.read_text())
+
+
+def test_the_committed_pipeline_yaml_is_current(compiled: Path) -> None:
+    assert COMMITTED.is_file(), REGENERATE
+    assert compiled.read_text() == COMMITTED.read_text(), f"stale {COMMITTED}; {REGENERATE}"
+
+
+def test_the_committed_component_yamls_are_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(IMAGE_ENV, raising=False)
+    for path in compile_components(tmp_path):
+        committed = COMPONENTS / path.name
+        assert committed.is_file(), f"missing {committed}; {REGENERATE}"
+        assert path.read_text() == committed.read_text(), f"stale {committed}; {REGENERATE}"
+    assert sorted(p.name for p in COMPONENTS.glob("*.yaml")) == sorted(f"{s}.yaml" for s in STEPS)
+
+
+def test_deploy_is_the_only_task_inside_the_gate_condition(spec: dict) -> None:
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {*STEPS, "condition-1"} - {"deploy"}
+    condition = root["condition-1"]
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
+    )
+    assert "gate" in condition["dependentTasks"]
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"deploy"}
+
+
+def test_every_component_runs_the_project_image_without_installing_anything(spec: dict) -> None:
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == len(STEPS)
+    for executor in executors.values():
+        container = executor["container"]
+        assert container["image"] == DEFAULT_IMAGE
+        script = " ".join(container["command"])
+        assert "pip install" not in script
+        assert "from fraud_detection." in script  # the component calls the library
+
+
+def test_no_task_is_cached(spec: dict) -> None:
+    tasks = {
+        **spec["root"]["dag"]["tasks"],
+        **spec["components"]["comp-condition-1"]["dag"]["tasks"],
+    }
+    for name, task in tasks.items():
+        if name != "condition-1":
+            assert task["cachingOptions"] == {}, name  # enableCaching false is omitted
+
+
+def test_the_image_is_one_configuration_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(IMAGE_ENV, "registry.example/fraud:9.9")
+    spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/fraud:9.9"}
+
+
+def test_the_pipeline_parameters_have_the_documented_defaults() -> None:
+    parameters = pipeline_parameters()
+    assert parameters["threshold"] == ("Float", 0.1)
+    assert parameters["split"] == ("String", "stratified")
+    assert parameters["class_weight"] == ("String", "balanced")
+    assert parameters["max_depth"] == ("Integer", 20)
+    assert parameters["data"] == ("List", [])
+    assert {"min_recall", "min_f1", "tolerance", "seed", "n_estimators"} <= set(parameters)
+
+
+def test_the_pipeline_has_its_name(spec: dict) -> None:
+    assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
