@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fraud_detection.pipeline_cli import register as register_pipeline
+from fraud_detection.serve_cli import register as register_serving
 
 app = typer.Typer(
     help="Real-time card fraud detection on Kubeflow Pipelines and KServe.",
@@ -163,6 +164,7 @@ def kafka_status(state_dir: StateDirOption = None) -> None:
         raise typer.Exit(1)
 
 
+register_serving(app)
 register_pipeline(app)
 
 

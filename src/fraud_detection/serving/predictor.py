@@ -1,0 +1,257 @@
+"""The predictor: a ``kserve.Model`` serving a bundle's random forest.
+
+onnxruntime by default, the sklearn ``model.joblib`` as a fallback (``--runtime``). Before
+loading, every file is checked against its sha256 in the manifest; a mismatch stops the server
+with a clear error, and a missing or ambiguous model raises a specific error, as KServe's sklearn
+server does (see :mod:`fraud_detection.serving.model`).
+
+Protocols (rows are feature vectors in :data:`~fraud_detection.features.FEATURE_NAMES` order):
+
+* v1: ``{"instances": [[f1, ..., fn], ...]}`` →
+  ``{"predictions": [p, ...], "model_version": "..."}``
+* v2: one input tensor ``features`` (FP32/FP64, shape ``[rows, n]``) → one output tensor
+  ``fraud_probability`` (FP32, shape ``[rows]``), ``model_version`` set.
+
+Model updates: when serving the registry's current model, a watcher thread loads the new bundle
+when ``current`` changes and swaps it in; ``SIGHUP`` forces a reload. Requests in flight finish
+on the model they started with.
+
+Run: ``python -m fraud_detection.serving.predictor --model_name fraud-detector
+--model_dir DIR`` (or ``--registry ROOT``) plus any standard KServe server argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fraud_detection.bundle import BundleError
+from fraud_detection.serving.model import (
+    RUNTIMES,
+    BundleSource,
+    BundleWatcher,
+    ScoringModel,
+    load_scoring_model,
+)
+from fraud_detection.serving.requests import RequestError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "fraud-detector"
+FEATURES_INPUT = "features"
+PROBABILITY_OUTPUT = "fraud_probability"
+
+
+def rows_from_v1(payload: Any, n_features: int) -> np.ndarray:
+    """The feature matrix of a v1 body; :class:`RequestError` naming the problem otherwise."""
+    if not isinstance(payload, dict):
+        raise RequestError.single("body", "must be a JSON object with instances")
+    key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
+    if key is None:
+        raise RequestError.single("instances", "is required")
+    return _matrix(payload[key], key, n_features)
+
+
+def _matrix(values: Any, where: str, n_features: int) -> np.ndarray:
+    if isinstance(values, list | tuple) and not values:
+        raise RequestError.single(where, "must not be empty")
+    try:
+        matrix = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RequestError.single(where, f"must be rows of {n_features} numbers ({exc})") from None
+    if matrix.ndim == 1 and matrix.size == n_features:
+        matrix = matrix.reshape(1, n_features)
+    if matrix.ndim != 2 or matrix.shape[1] != n_features:
+        raise RequestError.single(
+            where, f"must have shape [rows, {n_features}], got {list(matrix.shape)}"
+        )
+    if not np.isfinite(matrix).all():
+        row = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
+        raise RequestError.single(f"{where}[{row}]", "must contain only finite numbers")
+    return matrix
+
+
+def make_predictor(
+    name: str,
+    source: BundleSource,
+    runtime: str = "auto",
+    reload_interval_s: float = 2.0,
+) -> Any:
+    """A ``kserve.Model`` serving ``source``'s bundle (not loaded yet: call ``load()``)."""
+    return _predictor_class()(name, source, runtime, reload_interval_s)
+
+
+def _predictor_class() -> type:
+    from kserve import Model
+    from kserve.errors import InferenceError
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class Predictor(Model):
+        """Fraud probability of each feature row, from the current bundle's model."""
+
+        def __init__(
+            self, name: str, source: BundleSource, runtime: str, reload_interval_s: float
+        ) -> None:
+            super().__init__(name)
+            self.source = source
+            self.runtime = runtime
+            self.reload_interval_s = reload_interval_s
+            self.scoring_model: ScoringModel | None = None
+            self.watcher: BundleWatcher | None = None
+
+        def load(self) -> bool:
+            """Verify and load the bundle; raises the bundle errors on failure."""
+            self._swap(self.source.resolve())
+            self.ready = True
+            return self.ready
+
+        def _swap(self, bundle_dir: Path) -> None:
+            scoring_model = load_scoring_model(bundle_dir, self.runtime)  # type: ignore[arg-type]
+            self.scoring_model = scoring_model
+            log.info("predictor serving %r", scoring_model)
+
+        def start(self) -> None:
+            """Start following the bundle source (registry changes, reload requests)."""
+            super().start()
+            if self.watcher is None and self.scoring_model is not None:
+                self.watcher = BundleWatcher(
+                    self.source,
+                    self._swap,
+                    self.scoring_model.path,
+                    self.reload_interval_s,
+                    name="predictor-reload",
+                ).start()
+
+        def stop(self) -> None:
+            """Stop the watcher."""
+            if self.watcher is not None:
+                self.watcher.stop()
+            super().stop()
+
+        def request_reload(self) -> None:
+            """Reload the bundle in the background (e.g. on SIGHUP)."""
+            if self.watcher is not None:
+                self.watcher.request_reload()
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            """v2 metadata: one FP32 matrix of feature rows."""
+            n = self.scoring_model.n_features if self.scoring_model else -1
+            return [{"name": FEATURES_INPUT, "datatype": "FP32", "shape": [-1, n]}]
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            """v2 metadata: one FP32 probability per row."""
+            return [{"name": PROBABILITY_OUTPUT, "datatype": "FP32", "shape": [-1]}]
+
+        def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+            """Score v1 dict or v2 ``InferRequest`` payloads."""
+            model = self.scoring_model
+            if model is None:  # pragma: no cover - the server only routes to a ready model
+                raise InferenceError("no model loaded")
+            if isinstance(payload, InferRequest):
+                return self._predict_v2(model, payload)
+            matrix = rows_from_v1(payload, model.n_features)
+            try:
+                probabilities = model.predict_proba(matrix).tolist()
+            except Exception as exc:
+                raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+            return {"predictions": probabilities, "model_version": model.version}
+
+        def _predict_v2(self, model: ScoringModel, payload: Any) -> Any:
+            infer_input = payload.get_input_by_name(FEATURES_INPUT)
+            if infer_input is None:
+                if len(payload.inputs) != 1:
+                    raise RequestError.single("inputs", f"needs one input named {FEATURES_INPUT!r}")
+                infer_input = payload.inputs[0]
+            try:
+                values = infer_input.as_numpy()
+            except Exception as exc:
+                raise RequestError.single(
+                    f"inputs.{infer_input.name}", f"cannot be read as numbers ({exc})"
+                ) from None
+            matrix = _matrix(values, f"inputs.{infer_input.name}", model.n_features)
+            try:
+                probabilities = model.predict_proba(matrix).astype(np.float32)
+            except Exception as exc:
+                raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+            output = InferOutput(
+                name=PROBABILITY_OUTPUT,
+                shape=[len(probabilities)],
+                datatype="FP32",
+                data=probabilities.tolist(),
+            )
+            return InferResponse(
+                response_id=payload.id or str(uuid.uuid4()),
+                model_name=self.name,
+                infer_outputs=[output],
+                model_version=model.version,
+            )
+
+    return Predictor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The predictor's arguments: KServe's standard ones plus the bundle source and runtime."""
+    from kserve.model_server import parser as kserve_parser
+
+    from fraud_detection.serving.app import add_server_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fraud_detection.serving.predictor",
+        description="Serve a fraud-detection model bundle (KServe v1 and v2 protocols).",
+        parents=[kserve_parser],
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_dir", type=Path, help="The bundle directory to serve.")
+    source.add_argument(
+        "--registry", type=Path, help="Serve the model registry's current bundle and follow it."
+    )
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="Model runtime.")
+    parser.add_argument(
+        "--reload_interval",
+        type=float,
+        default=2.0,
+        help="Seconds between checks of the registry's current model.",
+    )
+    add_server_arguments(parser)
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
+    return parser
+
+
+def source_from_args(args: argparse.Namespace) -> BundleSource:
+    """The bundle source: --model_dir, --registry, or the default registry."""
+    from fraud_detection.registry import default_registry_root
+
+    if args.model_dir is not None:
+        return BundleSource(model_dir=args.model_dir)
+    return BundleSource(registry_root=args.registry or default_registry_root())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: load (refusing a bad bundle) and serve until SIGTERM/SIGINT."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers != 1:
+        parser.error("--workers must be 1 (run more replicas instead)")
+    source = source_from_args(args)
+    predictor = make_predictor(args.model_name, source, args.runtime, args.reload_interval)
+    try:
+        predictor.load()
+    except BundleError as exc:
+        print(f"error: predictor refuses to start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    signal.signal(signal.SIGHUP, lambda *_: predictor.request_reload())
+    from fraud_detection.serving.app import run_model_server
+
+    run_model_server([predictor], args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

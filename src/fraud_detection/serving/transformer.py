@@ -1,0 +1,541 @@
+"""The transformer: a ``kserve.Model`` in front of the predictor.
+
+Per request (KServe v1 ``{"instances": [...]}``, or v2 with one input tensor per field):
+
+1. validate every instance (:mod:`fraud_detection.serving.requests`; 4xx naming the field);
+2. compute its features from the online per-card state
+   (:class:`~fraud_detection.features.OnlineFeatureState`, which absorbs the transaction);
+3. score the feature rows on the predictor (``--predictor_host``, ``--predictor_protocol``), or
+   in-process with ``--collocated`` (one hop: the transformer loads the ONNX model itself);
+4. apply the threshold (``--threshold``; the bundle's, 0.1, by default) and answer
+   ``{"predictions": [{"transaction_id", "fraud_probability", "is_fraud", "threshold",
+   "model_version"}]}``;
+5. hand each scored transaction to the Kafka mirror (:mod:`fraud_detection.serving.mirror`),
+   which never makes the request wait.
+
+Scoring is idempotent per ``transaction_id``: a transaction seen recently (the last
+``--dedup_size`` ids) is scored again with the features it got the first time instead of being
+absorbed twice, so a client retrying after a 503 (predictor down) does not inflate the card's
+velocity features.
+
+Model updates: the transformer follows the same bundle source as the predictor (the registry's
+current bundle, or a fixed directory); when it changes, or on ``SIGHUP``, a background thread
+loads the new feature-state snapshot (and model, when collocated) and swaps it in with one
+assignment; requests in flight finish on the state they started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraud_detection.bundle import FEATURE_STATE, BundleError, Manifest, verify_bundle
+from fraud_detection.features import OnlineFeatureState
+from fraud_detection.schema import DEFAULT_THRESHOLD
+from fraud_detection.serving.mirror import (
+    PRIORITIES,
+    KafkaMirror,
+    MirrorConfig,
+    MirrorEntry,
+    ProcessMirror,
+)
+from fraud_detection.serving.model import BundleSource, BundleWatcher, ScoringModel
+from fraud_detection.serving.requests import (
+    DEFAULT_MAX_INSTANCES,
+    RequestError,
+    RequestLimits,
+    Transaction,
+    columns_to_instances,
+    parse_instances,
+    parse_v1_body,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "fraud-detector"
+DEFAULT_DEDUP_SIZE = 100_000
+
+
+@dataclass
+class ServingState:
+    """What one bundle gives the transformer: the feature state and, collocated, the model."""
+
+    path: Path
+    manifest: Manifest
+    features: OnlineFeatureState
+    model: ScoringModel | None = None
+    #: transaction_id -> (card_id, amount, timestamp_micros, features) of recent transactions.
+    seen: OrderedDict[str, tuple[str, float, int, list[float]]] = field(default_factory=OrderedDict)
+
+    @property
+    def version(self) -> str:
+        """The bundle's model version."""
+        return self.manifest.model_version
+
+
+def load_serving_state(bundle_dir: Path, collocated: bool, runtime: str = "onnx") -> ServingState:
+    """Verify a bundle and load its feature state (and model when ``collocated``)."""
+    from fraud_detection.serving.model import load_scoring_model
+
+    if collocated:
+        model = load_scoring_model(bundle_dir, runtime)  # type: ignore[arg-type]
+        manifest, path = model.manifest, model.path
+    else:
+        model = None
+        path = Path(bundle_dir).resolve()
+        manifest = verify_bundle(path)
+    if FEATURE_STATE not in manifest.files:
+        raise BundleError(f"{path}: the bundle has no {FEATURE_STATE}")
+    features = OnlineFeatureState.load(path / FEATURE_STATE)
+    return ServingState(path, manifest, features, model)
+
+
+@dataclass
+class Batch:
+    """One request on its way through preprocess → predict → postprocess."""
+
+    transactions: list[Transaction]
+    rows: list[list[float]]
+    state: ServingState
+    v2_request: Any = None
+    probabilities: list[float] | None = None
+    model_version: str | None = None
+
+
+def features_for(state: ServingState, tx: Transaction, dedup_size: int) -> list[float]:
+    """The transaction's features; absorbs it into the state unless it was seen recently."""
+    seen = state.seen.get(tx.transaction_id)
+    if (
+        seen is not None
+        and seen[0] == tx.card_id
+        and seen[1] == tx.amount
+        and seen[2] == tx.timestamp_micros
+    ):
+        return seen[3]
+    row = state.features.process(tx.card_id, tx.merchant_id, tx.amount, tx.timestamp_micros)
+    if dedup_size > 0:
+        state.seen[tx.transaction_id] = (tx.card_id, tx.amount, tx.timestamp_micros, row)
+        if len(state.seen) > dedup_size:
+            state.seen.popitem(last=False)
+    return row
+
+
+def v2_instances(request: Any) -> list[dict[str, Any]]:
+    """Instances from a v2 request with one input tensor per transaction field."""
+    columns: dict[str, list[Any]] = {}
+    for infer_input in request.inputs:
+        data = infer_input.data
+        if not isinstance(data, list):
+            try:
+                data = infer_input.as_numpy().reshape(-1).tolist()
+            except Exception as exc:
+                raise RequestError.single(
+                    f"inputs.{infer_input.name}", f"cannot be read ({exc})"
+                ) from None
+        flat = [
+            value[0] if isinstance(value, list) and len(value) == 1 else value for value in data
+        ]
+        columns[infer_input.name] = [
+            value.decode() if isinstance(value, bytes) else value for value in flat
+        ]
+    if not columns:
+        raise RequestError.single("inputs", "must not be empty")
+    return columns_to_instances(columns)
+
+
+def make_transformer(
+    name: str,
+    source: BundleSource,
+    *,
+    predictor_host: str | None = None,
+    predictor_protocol: str = "v1",
+    predictor_timeout_s: float = 0.5,
+    predictor_use_ssl: bool = False,
+    collocated: bool = False,
+    runtime: str = "onnx",
+    threshold: float | None = None,
+    limits: RequestLimits | None = None,
+    mirror: KafkaMirror | ProcessMirror | None = None,
+    dedup_size: int = DEFAULT_DEDUP_SIZE,
+    reload_interval_s: float = 2.0,
+) -> Any:
+    """A ``kserve.Model`` transformer (not loaded yet: call ``load()``)."""
+    if not collocated and not predictor_host:
+        raise ValueError("a transformer needs --predictor_host unless it is --collocated")
+    return _transformer_class()(
+        name,
+        source,
+        predictor_host=predictor_host,
+        predictor_protocol=predictor_protocol,
+        predictor_timeout_s=predictor_timeout_s,
+        predictor_use_ssl=predictor_use_ssl,
+        collocated=collocated,
+        runtime=runtime,
+        threshold=threshold,
+        limits=limits or RequestLimits(),
+        mirror=mirror,
+        dedup_size=dedup_size,
+        reload_interval_s=reload_interval_s,
+    )
+
+
+def _transformer_class() -> type:
+    from kserve import Model
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from fraud_detection.serving.client import PredictorClient
+
+    class Transformer(Model):
+        """Validate, featurize, score, threshold, mirror."""
+
+        def __init__(self, name: str, source: BundleSource, **options: Any) -> None:
+            super().__init__(name)
+            self.source = source
+            self.collocated: bool = options["collocated"]
+            self.runtime: str = options["runtime"]
+            self.threshold_override: float | None = options["threshold"]
+            self.limits: RequestLimits = options["limits"]
+            self.mirror: KafkaMirror | ProcessMirror | None = options["mirror"]
+            self.dedup_size: int = options["dedup_size"]
+            self.reload_interval_s: float = options["reload_interval_s"]
+            self.client = (
+                None
+                if self.collocated
+                else PredictorClient(
+                    options["predictor_host"],
+                    name,
+                    options["predictor_protocol"],
+                    options["predictor_timeout_s"],
+                    options["predictor_use_ssl"],
+                )
+            )
+            self.state: ServingState | None = None
+            self.watcher: BundleWatcher | None = None
+
+        # ------------------------------------------------------------------ lifecycle
+        def load(self) -> bool:
+            """Verify the bundle and load the feature state (and model, collocated)."""
+            self._swap(self.source.resolve())
+            self.ready = True
+            return self.ready
+
+        def _swap(self, bundle_dir: Path) -> None:
+            state = load_serving_state(bundle_dir, self.collocated, self.runtime)
+            self.state = state
+            log.info(
+                "transformer serving %s (%d cards in the feature state%s)",
+                state.version,
+                len(state.features),
+                f", model {state.model.runtime}" if state.model else "",
+            )
+
+        def start(self) -> None:
+            """Start the mirror and the bundle watcher."""
+            super().start()
+            if self.mirror is not None and not self.mirror.started:
+                self.mirror.start()
+            if self.watcher is None and self.state is not None:
+                self.watcher = BundleWatcher(
+                    self.source,
+                    self._swap,
+                    self.state.path,
+                    self.reload_interval_s,
+                    name="transformer-reload",
+                ).start()
+
+        def stop(self) -> None:
+            """Stop the watcher and flush the mirror."""
+            if self.watcher is not None:
+                self.watcher.stop()
+            if self.mirror is not None:
+                self.mirror.stop()
+            super().stop()
+
+        def request_reload(self) -> None:
+            """Reload the bundle in the background (e.g. on SIGHUP)."""
+            if self.watcher is not None:
+                self.watcher.request_reload()
+
+        def threshold_for(self, state: ServingState) -> float:
+            """The threshold in force: the override, else the bundle's, else 0.1."""
+            if self.threshold_override is not None:
+                return self.threshold_override
+            return float(state.manifest.threshold or DEFAULT_THRESHOLD)
+
+        # ------------------------------------------------------------------ request path
+        def validate(self, payload: Any) -> Any:
+            """Validation happens in :meth:`preprocess`; KServe's generic check does not apply."""
+            return payload
+
+        def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
+            """Validate the instances and compute their features."""
+            state = self.state
+            assert state is not None
+            v2_request = None
+            if isinstance(payload, InferRequest):
+                v2_request = payload
+                transactions = parse_instances(v2_instances(payload), self.limits, "inputs")
+            elif isinstance(payload, bytes | str):
+                raise RequestError.single("content-type", "must be application/json", status=415)
+            else:
+                transactions = parse_v1_body(payload, self.limits)
+            rows = [features_for(state, tx, self.dedup_size) for tx in transactions]
+            return Batch(transactions, rows, state, v2_request)
+
+        async def predict(self, batch: Batch, headers: dict[str, str] | None = None) -> Batch:
+            """Score the feature rows: in-process when collocated, else on the predictor."""
+            if batch.state.model is not None:
+                batch.probabilities = batch.state.model.score(batch.rows)
+                batch.model_version = batch.state.version
+                return batch
+            assert self.client is not None
+            forwarded = None
+            if headers and "x-request-id" in headers:
+                forwarded = {"x-request-id": headers["x-request-id"]}
+            probabilities, version = await self.client.score(batch.rows, forwarded)
+            batch.probabilities = probabilities
+            batch.model_version = version or batch.state.version
+            return batch
+
+        def postprocess(self, batch: Batch, headers: dict[str, str] | None = None, *_: Any) -> Any:
+            """Apply the threshold, mirror, and shape the answer."""
+            assert batch.probabilities is not None
+            threshold = self.threshold_for(batch.state)
+            version = batch.model_version or batch.state.version
+            mirror = self.mirror
+            predictions = []
+            for tx, row, probability in zip(
+                batch.transactions, batch.rows, batch.probabilities, strict=True
+            ):
+                flagged = probability >= threshold
+                predictions.append(
+                    {
+                        "transaction_id": tx.transaction_id,
+                        "fraud_probability": probability,
+                        "is_fraud": flagged,
+                        "threshold": threshold,
+                        "model_version": version,
+                    }
+                )
+                if mirror is not None:
+                    mirror.offer(
+                        MirrorEntry(
+                            tx.transaction_id,
+                            tx.card_id,
+                            tx.timestamp_micros,
+                            row,
+                            probability,
+                            flagged,
+                            threshold,
+                            version,
+                        )
+                    )
+            if batch.v2_request is None:
+                return {"predictions": predictions}
+            return self._v2_response(batch.v2_request, predictions, version)
+
+        def _v2_response(
+            self, request: Any, predictions: list[dict[str, Any]], version: str
+        ) -> Any:
+            n = len(predictions)
+            columns = (
+                ("transaction_id", "BYTES"),
+                ("fraud_probability", "FP64"),
+                ("is_fraud", "BOOL"),
+                ("threshold", "FP64"),
+                ("model_version", "BYTES"),
+            )
+            outputs = [
+                InferOutput(
+                    name=name,
+                    shape=[n],
+                    datatype=datatype,
+                    data=[prediction[name] for prediction in predictions],
+                )
+                for name, datatype in columns
+            ]
+            return InferResponse(
+                response_id=request.id or str(uuid.uuid4()),
+                model_name=self.name,
+                infer_outputs=outputs,
+                model_version=version,
+            )
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            """v2 metadata: one tensor per transaction field."""
+            return [
+                {"name": "transaction_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "card_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "merchant_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "amt", "datatype": "FP64", "shape": [-1]},
+                {"name": "timestamp", "datatype": "BYTES", "shape": [-1]},
+                {"name": "category", "datatype": "BYTES", "shape": [-1], "optional": True},
+            ]
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            """v2 metadata: one tensor per answer field."""
+            return [
+                {"name": "transaction_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "fraud_probability", "datatype": "FP64", "shape": [-1]},
+                {"name": "is_fraud", "datatype": "BOOL", "shape": [-1]},
+                {"name": "threshold", "datatype": "FP64", "shape": [-1]},
+                {"name": "model_version", "datatype": "BYTES", "shape": [-1]},
+            ]
+
+    return Transformer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The transformer's arguments: KServe's standard ones plus the project's."""
+    from kserve.model_server import parser as kserve_parser
+
+    from fraud_detection.serving.app import add_server_arguments, strtobool
+    from fraud_detection.serving.predictor import DEFAULT_MODEL_NAME as PREDICTOR_MODEL_NAME
+    from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, Topics
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fraud_detection.serving.transformer",
+        description="Fraud-scoring transformer: validation, online features, threshold, mirror.",
+        parents=[kserve_parser],
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_dir", type=Path, help="The bundle directory (feature state).")
+    source.add_argument("--registry", type=Path, help="Follow the model registry's current bundle.")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"Flag at this probability or above (default: the bundle's, {DEFAULT_THRESHOLD}).",
+    )
+    parser.add_argument(
+        "--collocated",
+        action="store_true",
+        help="Score in-process with the bundle's ONNX model (one hop, no predictor).",
+    )
+    parser.add_argument(
+        "--predictor_timeout",
+        type=float,
+        default=0.5,
+        help="Seconds to wait for the predictor before answering 503.",
+    )
+    parser.add_argument(
+        "--max_instances", type=int, default=DEFAULT_MAX_INSTANCES, help="Instances per request."
+    )
+    parser.add_argument(
+        "--dedup_size",
+        type=int,
+        default=DEFAULT_DEDUP_SIZE,
+        help="Recent transaction ids remembered so a retried transaction is not counted twice.",
+    )
+    parser.add_argument(
+        "--kafka_bootstrap",
+        default=None,
+        help=f"Kafka bootstrap servers for the mirror (default ${ENV_BOOTSTRAP}; none: no mirror).",
+    )
+    parser.add_argument(
+        "--mirror_topic",
+        default=None,
+        help=f"Mirror topic (default $FRAUD_KAFKA_TOPIC_MIRROR or {Topics().mirror}).",
+    )
+    parser.add_argument("--mirror_queue_size", type=int, default=10_000, help="Mirror queue bound.")
+    parser.add_argument(
+        "--mirror_delivery_timeout_ms",
+        type=int,
+        default=10_000,
+        help="Give up on a mirror record after this long.",
+    )
+    parser.add_argument(
+        "--mirror_process",
+        type=strtobool,
+        default=True,
+        help="Run the Kafka producer in a child process (else a thread of the server process).",
+    )
+    parser.add_argument(
+        "--mirror_priority",
+        choices=PRIORITIES,
+        default="idle",
+        help="CPU priority of the producer process: idle never delays scoring, but a saturated "
+        "CPU starves it (records dropped and counted); low shares the CPU.",
+    )
+    parser.add_argument(
+        "--inference_service_name",
+        default=None,
+        help="ce_inferenceservicename of mirrored records (default: the model name).",
+    )
+    parser.add_argument(
+        "--reload_interval", type=float, default=2.0, help="Seconds between registry checks."
+    )
+    add_server_arguments(parser)
+    parser.set_defaults(model_name=PREDICTOR_MODEL_NAME)
+    return parser
+
+
+def mirror_from_args(args: argparse.Namespace) -> KafkaMirror | ProcessMirror | None:
+    """The Kafka mirror the arguments and environment ask for, or None."""
+    import os
+
+    from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, Topics
+
+    bootstrap = args.kafka_bootstrap or os.environ.get(ENV_BOOTSTRAP)
+    if not bootstrap or bootstrap.lower() == "none":
+        return None
+    config = MirrorConfig(
+        bootstrap=bootstrap,
+        topic=args.mirror_topic or Topics.from_env().mirror,
+        inference_service=args.inference_service_name or args.model_name,
+        queue_size=args.mirror_queue_size,
+        delivery_timeout_ms=args.mirror_delivery_timeout_ms,
+        producer_priority=args.mirror_priority,
+    )
+    return ProcessMirror(config) if args.mirror_process else KafkaMirror(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: load the bundle (refusing a bad one) and serve until SIGTERM/SIGINT."""
+    from fraud_detection.serving.predictor import source_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers != 1:
+        parser.error("--workers must be 1: the per-card feature state lives in the process")
+    if not args.collocated and not args.predictor_host:
+        parser.error("--predictor_host is required unless --collocated")
+    source = source_from_args(args)
+    protocol = args.predictor_protocol if args.predictor_protocol != "v1" else args.protocol
+    if protocol == "grpc-v2":
+        parser.error("the transformer calls the predictor over REST: use v1 or v2")
+    transformer = make_transformer(
+        args.model_name,
+        source,
+        predictor_host=args.predictor_host,
+        predictor_protocol=protocol,
+        predictor_timeout_s=args.predictor_timeout,
+        predictor_use_ssl=args.predictor_use_ssl,
+        collocated=args.collocated,
+        threshold=args.threshold,
+        limits=RequestLimits(max_instances=args.max_instances),
+        mirror=mirror_from_args(args),
+        dedup_size=args.dedup_size,
+        reload_interval_s=args.reload_interval,
+    )
+    try:
+        transformer.load()
+    except BundleError as exc:
+        print(f"error: transformer refuses to start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    signal.signal(signal.SIGHUP, lambda *_: transformer.request_reload())
+    from fraud_detection.serving.app import run_model_server
+
+    run_model_server([transformer], args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The kserve/ deployment files, checked against the kserve SDK's own models and against the
+servers' argument parsers."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fraud_detection.schema import DEFAULT_THRESHOLD
+from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, ENV_TOPIC_MIRROR, Topics
+
+REPO = Path(__file__).resolve().parents[2]
+KSERVE_DIR = REPO / "kserve"
+SPEC = KSERVE_DIR / "inferenceservice.yaml"
+
+
+class _Response:
+    """What ``ApiClient.deserialize`` reads: an object with the JSON text in ``data``."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.data = json.dumps(document)
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return yaml.safe_load(SPEC.read_text())
+
+
+def sdk_client() -> Any:
+    """kserve's ApiClient, able to resolve the Kubernetes core types it refers to.
+
+    The kserve models name ``V1ObjectMeta``, ``V1Container`` and so on, which live in the
+    kubernetes client package; the SDK's deserializer only looks in ``kserve.models``.
+    """
+    import kserve
+    import kubernetes.client.models as k8s
+
+    for name in dir(k8s):
+        if name.startswith("V1") and not hasattr(kserve.models, name):
+            setattr(kserve.models, name, getattr(k8s, name))
+    return kserve.ApiClient()
+
+
+@pytest.fixture(scope="module")
+def isvc(document: dict[str, Any]) -> Any:
+    return sdk_client().deserialize(_Response(document), "V1beta1InferenceService")
+
+
+def test_the_spec_is_an_inference_service_the_sdk_reads_without_loss(
+    document: dict[str, Any], isvc: Any
+) -> None:
+    import kserve
+
+    assert isinstance(isvc, kserve.V1beta1InferenceService)
+    assert (isvc.api_version, isvc.kind) == ("serving.kserve.io/v1beta1", "InferenceService")
+    # Every key survives a round trip through the SDK models: no misspelt or unknown field.
+    assert sdk_client().sanitize_for_serialization(isvc) == document
+
+
+def env(container: Any) -> dict[str, str]:
+    return {variable.name: variable.value for variable in container.env or []}
+
+
+def test_transformer_and_predictor(isvc: Any) -> None:
+    from fraud_detection.serving import predictor, transformer
+
+    (predictor_container,) = isvc.spec.predictor.containers
+    (transformer_container,) = isvc.spec.transformer.containers
+    predictor_args = predictor.build_parser().parse_args(predictor_container.args)
+    # KServe appends --model_name, --predictor_host and --http_port to the transformer.
+    injected = ["--predictor_host", "fraud-detector-predictor.default", "--http_port", "8080"]
+    transformer_args = transformer.build_parser().parse_args(
+        [*transformer_container.args, *injected]
+    )
+    assert predictor_args.model_name == transformer_args.model_name == isvc.metadata.name
+    assert str(predictor_args.model_dir) == str(transformer_args.model_dir) == "/mnt/models"
+    assert transformer_args.threshold == DEFAULT_THRESHOLD
+    assert not transformer_args.collocated
+    assert env(predictor_container)["STORAGE_URI"] == env(transformer_container)["STORAGE_URI"]
+    transformer_env = env(transformer_container)
+    assert transformer_env[ENV_BOOTSTRAP]
+    assert transformer_env[ENV_TOPIC_MIRROR] == Topics().mirror
+    # The per-card feature state lives in the transformer process: exactly one replica.
+    assert isvc.spec.transformer.min_replicas == isvc.spec.transformer.max_replicas == 1
+    for container in (predictor_container, transformer_container):
+        assert container.readiness_probe.http_get.path == f"/v1/models/{isvc.metadata.name}"
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "module"),
+    [
+        ("Dockerfile.predictor", "fraud_detection.serving.predictor"),
+        ("Dockerfile.transformer", "fraud_detection.serving.transformer"),
+    ],
+)
+def test_dockerfiles(dockerfile: str, module: str) -> None:
+    text = (KSERVE_DIR / dockerfile).read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert "pip install --no-cache-dir --prefix=/install -c requirements.lock '.[serving]'" in text
+    for line in instructions:
+        if line.startswith("COPY") and "--from" not in line:
+            *sources, _target = shlex.split(line)[1:]
+            for source in sources:
+                assert (REPO / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+
+    def exec_form(keyword: str) -> list[str]:
+        (found,) = [line for line in instructions if line.startswith(f"{keyword} ")]
+        return json.loads(found.split(" ", 1)[1])
+
+    assert exec_form("ENTRYPOINT") == ["python", "-m", module]
+    assert importlib.util.find_spec(module) is not None
+    cmd = exec_form("CMD")
+    parser = importlib.import_module(module).build_parser()
+    extra = ["--predictor_host", "p:80"] if module.endswith("transformer") else []
+    assert parser.parse_args([*cmd, *extra]).model_name == "fraud-detector"
+    assert re.search(r"^USER (?!root|0$)", text, re.MULTILINE), "runs as a non-root user"
+    assert "EXPOSE 8080" in text
+
+
+def test_no_python_package_named_kserve_shadows_the_sdk() -> None:
+    import kserve
+
+    assert not (KSERVE_DIR / "__init__.py").exists()
+    assert "site-packages" in str(Path(kserve.__file__))
