@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 CODE := $(wildcard $(CODE))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-unit test-integration lint format demo bench clean
+.PHONY: help install lock test test-unit lint format demo serve pipeline-yaml bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,9 +44,20 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
 
-demo: install ## Generate data, validate it and print a summary
-	$(FRAUD) generate --out $(DEMO_DIR)/transactions.csv.gz --transactions 200000 --cards 4000 --days 60
-	$(FRAUD) validate $(DEMO_DIR)/transactions.csv.gz
+demo: install ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions
+	$(FRAUD) generate --out $(DEMO_DIR)/transactions.parquet --transactions 200000 --cards 4000 --days 60 \
+		--holdout-days 2 --holdout-out $(DEMO_DIR)/holdout.parquet
+	$(FRAUD) validate $(DEMO_DIR)/transactions.parquet
+	$(FRAUD) pipeline run --data $(DEMO_DIR)/transactions.parquet --output-dir $(DEMO_DIR)/run \
+		--registry $(DEMO_DIR)/registry
+	$(FRAUD) model list --registry $(DEMO_DIR)/registry
+	$(FRAUD) demo-score --data $(DEMO_DIR)/holdout.parquet --count 300 --registry $(DEMO_DIR)/registry
+
+serve: install ## Serve the registry's current model (transformer on :8080) until Ctrl-C
+	$(FRAUD) serve
+
+pipeline-yaml: install ## Recompile pipelines/fraud_training_pipeline.yaml and components/*.yaml
+	$(BIN)/python pipelines/fraud_training_pipeline.py
 
 bench: install ## Run the benchmarks and print their figures
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

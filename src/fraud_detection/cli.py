@@ -42,10 +42,19 @@ def generate(
         int | None,
         typer.Option(help="From this day on, shift legitimate spending and add a fraud pattern."),
     ] = None,
+    holdout_days: Annotated[
+        int, typer.Option(min=0, help="Write the last D days to --holdout-out instead of --out.")
+    ] = 0,
+    holdout_out: Annotated[
+        Path | None, typer.Option(help="File for the held-out days (the 'future' to score).")
+    ] = None,
 ) -> None:
     """Generate a seeded synthetic data set of card transactions."""
+    import pandas as pd
+
     from fraud_detection.data.files import write_transactions
     from fraud_detection.data.generator import GeneratorConfig, generate_transactions
+    from fraud_detection.schema import TIMESTAMP
 
     try:
         config = GeneratorConfig(
@@ -58,13 +67,22 @@ def generate(
         )
     except ValueError as exc:
         raise fail(str(exc), code=2) from exc
+    if (holdout_days > 0) != (holdout_out is not None):
+        raise fail("--holdout-days and --holdout-out go together", code=2)
+    if holdout_days >= days:
+        raise fail(f"--holdout-days must be below --days ({days}), got {holdout_days}", code=2)
     with console.status(f"generating {transactions:,} transactions"):
         frame = generate_transactions(config)
-    try:
-        write_transactions(frame, out)
-    except ValueError as exc:
-        raise fail(str(exc), code=2) from exc
-    console.print(f"wrote {len(frame):,} transactions to {out}")
+    cut = config.start_timestamp + pd.Timedelta(days=days - holdout_days)
+    parts = {out: frame[frame[TIMESTAMP] < cut]}
+    if holdout_out is not None:
+        parts[holdout_out] = frame[frame[TIMESTAMP] >= cut]
+    for path, part in parts.items():
+        try:
+            write_transactions(part, path)
+        except ValueError as exc:
+            raise fail(str(exc), code=2) from exc
+        console.print(f"wrote {len(part):,} transactions to {path}")
 
 
 @app.command()

@@ -138,8 +138,11 @@ def _reload(stack: object) -> None:
 
 
 def demo_score(
-    data: Annotated[Path, typer.Option(help="Transactions file; its latest ones are scored.")],
-    count: Annotated[int, typer.Option(min=1, help="How many of the latest to score.")] = 300,
+    data: Annotated[
+        Path,
+        typer.Option(help="Held-out transactions (after the training data); the first are scored."),
+    ],
+    count: Annotated[int, typer.Option(min=1, help="How many transactions to score.")] = 300,
     model_dir: Annotated[
         Path | None, typer.Option(help="Bundle directory (default: the registry's current).")
     ] = None,
@@ -149,7 +152,7 @@ def demo_score(
     ] = None,
     mirror: Annotated[bool, typer.Option(help="Mirror scored transactions to Kafka.")] = True,
 ) -> None:
-    """Serve the model, score the latest transactions of a file over HTTP, report, stop."""
+    """Serve the model, score held-out transactions over HTTP, report latency, stop."""
     from fraud_detection.data.files import read_transactions
     from fraud_detection.serving.demo import demo_score as run_demo
 

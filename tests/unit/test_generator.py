@@ -342,6 +342,35 @@ def test_cli_generate_writes_the_generated_frame(tmp_path: Path) -> None:
     assert out.read_bytes() == write_transactions(expected, tmp_path / "ref.csv.gz").read_bytes()
 
 
+def test_cli_holds_out_the_last_days_in_a_second_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fraud_detection.cli import app
+    from fraud_detection.data.files import read_transactions
+
+    train, hold = tmp_path / "train.csv", tmp_path / "hold.parquet"
+    args = ["generate", "--out", str(train), "--transactions", "4000", "--days", "10"]
+    result = CliRunner().invoke(app, [*args, "--holdout-days", "3", "--holdout-out", str(hold)])
+    assert result.exit_code == 0, result.output
+    before, after = (
+        pd.to_datetime(read_transactions([p])[TIMESTAMP], utc=True) for p in (train, hold)
+    )
+    assert len(before) + len(after) == 4_000 and len(after) > 0
+    cut = GeneratorConfig().start_timestamp + pd.Timedelta(days=7)
+    assert before.max() < cut <= after.min()
+
+
+def test_cli_holdout_needs_both_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fraud_detection.cli import app
+
+    args = ["generate", "--out", str(tmp_path / "x.csv"), "--holdout-days", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "go together" in result.output
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_cli_reports_bad_drift_day(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -116,10 +116,14 @@ def score_over_http(predict_url: str, frame: pd.DataFrame, timeout_s: float = 5.
 
 
 def held_out(frame: pd.DataFrame, count: int) -> pd.DataFrame:
-    """The latest ``count`` transactions of ``frame`` by timestamp."""
+    """The first ``count`` transactions of ``frame`` by timestamp.
+
+    Given a hold-out file that continues the training data in time, these are the transactions
+    that come right after what the model and its feature state have seen.
+    """
     times = pd.to_datetime(frame[TIMESTAMP], utc=True)
     order = np.argsort(times.to_numpy(), kind="stable")
-    return frame.iloc[order[-count:]]
+    return frame.iloc[order[:count]]
 
 
 def demo_score(
@@ -130,7 +134,7 @@ def demo_score(
     kafka: str | None = None,
     mirror: bool = True,
 ) -> ScoreReport:
-    """Start the stack, score the ``count`` latest transactions of ``data``, stop everything."""
+    """Start the stack, score the first ``count`` transactions of ``data``, stop everything."""
     from fraud_detection.registry import default_registry_root
     from fraud_detection.serving.launcher import ServingStack, StackConfig
 
