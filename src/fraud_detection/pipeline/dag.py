@@ -19,17 +19,6 @@ PIPELINE_DESCRIPTION = (
     "evaluate at the 0.1 threshold, gate, export (joblib, ONNX, feature state, drift reference) "
     "and deploy when the gate passes."
 )
-#: Task names (the component names) in pipeline order.
-TASKS: tuple[str, ...] = (
-    "ingest",
-    "validate",
-    "train",
-    "evaluate",
-    "gate",
-    "export",
-    "report",
-    "deploy",
-)
 #: Pipeline outputs (artifacts) by name.
 OUTPUTS: tuple[str, ...] = (
     "validation_report",

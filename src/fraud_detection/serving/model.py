@@ -325,3 +325,35 @@ class BundleWatcher:
                 return
             force, self._reload_requested = self._reload_requested, False
             self.check(force=force)
+
+
+class FollowsBundle:
+    """Start, stop and reload plumbing shared by the predictor and the transformer models.
+
+    The host class sets ``source``, ``reload_interval_s`` and ``watcher = None`` and implements
+    ``_swap(bundle_dir)``, which builds the new serving objects and swaps them in.
+    """
+
+    source: BundleSource
+    reload_interval_s: float
+    watcher: BundleWatcher | None
+
+    def _swap(self, bundle_dir: Path) -> None:
+        raise NotImplementedError
+
+    def follow_bundle(self, current: Path | None, name: str) -> None:
+        """Start the watcher once a bundle is loaded (``current`` is its directory)."""
+        if self.watcher is None and current is not None:
+            self.watcher = BundleWatcher(
+                self.source, self._swap, current, self.reload_interval_s, name=name
+            ).start()
+
+    def stop_following(self) -> None:
+        """Stop the watcher, if any."""
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def request_reload(self) -> None:
+        """Reload the bundle in the background (e.g. on SIGHUP)."""
+        if self.watcher is not None:
+            self.watcher.request_reload()

@@ -37,6 +37,7 @@ from fraud_detection.serving.model import (
     RUNTIMES,
     BundleSource,
     BundleWatcher,
+    FollowsBundle,
     ScoringModel,
     load_scoring_model,
 )
@@ -93,7 +94,7 @@ def _predictor_class() -> type:
     from kserve.errors import InferenceError
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    class Predictor(Model):
+    class Predictor(FollowsBundle, Model):
         """Fraud probability of each feature row, from the current bundle's model."""
 
         def __init__(
@@ -120,25 +121,13 @@ def _predictor_class() -> type:
         def start(self) -> None:
             """Start following the bundle source (registry changes, reload requests)."""
             super().start()
-            if self.watcher is None and self.scoring_model is not None:
-                self.watcher = BundleWatcher(
-                    self.source,
-                    self._swap,
-                    self.scoring_model.path,
-                    self.reload_interval_s,
-                    name="predictor-reload",
-                ).start()
+            current = self.scoring_model.path if self.scoring_model is not None else None
+            self.follow_bundle(current, "predictor-reload")
 
         def stop(self) -> None:
             """Stop the watcher."""
-            if self.watcher is not None:
-                self.watcher.stop()
+            self.stop_following()
             super().stop()
-
-        def request_reload(self) -> None:
-            """Reload the bundle in the background (e.g. on SIGHUP)."""
-            if self.watcher is not None:
-                self.watcher.request_reload()
 
         def get_input_types(self) -> list[dict[str, Any]]:
             """v2 metadata: one FP32 matrix of feature rows."""

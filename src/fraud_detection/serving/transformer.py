@@ -46,7 +46,7 @@ from fraud_detection.serving.mirror import (
     MirrorEntry,
     ProcessMirror,
 )
-from fraud_detection.serving.model import BundleSource, BundleWatcher, ScoringModel
+from fraud_detection.serving.model import BundleSource, BundleWatcher, FollowsBundle, ScoringModel
 from fraud_detection.serving.requests import (
     DEFAULT_MAX_INSTANCES,
     RequestError,
@@ -192,7 +192,7 @@ def _transformer_class() -> type:
 
     from fraud_detection.serving.client import PredictorClient
 
-    class Transformer(Model):
+    class Transformer(FollowsBundle, Model):
         """Validate, featurize, score, threshold, mirror."""
 
         def __init__(self, name: str, source: BundleSource, **options: Any) -> None:
@@ -241,27 +241,15 @@ def _transformer_class() -> type:
             super().start()
             if self.mirror is not None and not self.mirror.started:
                 self.mirror.start()
-            if self.watcher is None and self.state is not None:
-                self.watcher = BundleWatcher(
-                    self.source,
-                    self._swap,
-                    self.state.path,
-                    self.reload_interval_s,
-                    name="transformer-reload",
-                ).start()
+            current = self.state.path if self.state is not None else None
+            self.follow_bundle(current, "transformer-reload")
 
         def stop(self) -> None:
             """Stop the watcher and flush the mirror."""
-            if self.watcher is not None:
-                self.watcher.stop()
+            self.stop_following()
             if self.mirror is not None:
                 self.mirror.stop()
             super().stop()
-
-        def request_reload(self) -> None:
-            """Reload the bundle in the background (e.g. on SIGHUP)."""
-            if self.watcher is not None:
-                self.watcher.request_reload()
 
         def threshold_for(self, state: ServingState) -> float:
             """The threshold in force: the override, else the bundle's, else 0.1."""
