@@ -100,3 +100,16 @@ def test_the_pipeline_parameters_have_the_documented_defaults() -> None:
 
 def test_the_pipeline_has_its_name(spec: dict) -> None:
     assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
+
+
+def test_the_component_image_holds_what_the_components_import() -> None:
+    import tomllib
+
+    text = (COMPONENTS / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir --prefix=/install -c requirements.lock '.[pipeline]'" in text
+    assert f"-t {DEFAULT_IMAGE} ." in text  # the documented build tag is the default image
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pipeline_extra = extras["optional-dependencies"]["pipeline"]
+    # Components run `python -m kfp.dsl.executor_main` and convert the forest to ONNX.
+    for package in ("kfp", "skl2onnx", "onnxruntime"):
+        assert any(dep.startswith(package) for dep in pipeline_extra), package
