@@ -495,3 +495,10 @@ def test_cli_validate_unreadable_input(
     code, output = invoke(str(path))
     assert code == 1
     assert expected in output and name in output
+
+
+def test_integer_ids_in_an_object_column_are_not_blank(transactions: pd.DataFrame) -> None:
+    transactions[TRANSACTION_ID] = pd.Series([1, 2, 3, 4, 5], dtype=object)
+    transactions[MERCHANT_ID] = pd.Series([7, 8, 9, 10, " "], dtype=object)
+    report = validate_transactions(transactions)
+    assert only_failure(report) == (MERCHANT_ID, "non-empty", 1, [4])

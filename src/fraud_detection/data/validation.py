@@ -280,7 +280,8 @@ def _id_is_text(values: pd.Series) -> pd.Series | bool:
 def _id_not_blank(values: pd.Series) -> pd.Series | bool:
     if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
         return True
-    lengths = values.str.strip().str.len()
+    # As text, so that integer ids in an object column are not taken for blanks.
+    lengths = _as_text(values).str.strip().str.len()
     return (lengths.isna() | (lengths > 0)).astype(bool)
 
 
