@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FRAUD := $(BIN)/fraud
 DEMO_DIR ?= demo-output
 INSTALLED := $(VENV)/.installed
-CODE := $(wildcard $(CODE))
+CODE := $(wildcard src tests benchmarks components pipelines kserve drift)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock test test-unit lint format demo serve pipeline-yaml bench clean
