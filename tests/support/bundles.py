@@ -1,9 +1,9 @@
 """Small, real model bundles for the serving tests and benchmarks.
 
-A bundle here is made exactly as the training pipeline exports one: a class-weighted random forest
-trained on :func:`~fraud_detection.features.compute_features` of generated transactions, dumped
-with joblib, converted to ONNX with skl2onnx, the online feature-state snapshot of the same
-transactions, and a manifest with the sha256 of every file.
+A bundle here is made as the training pipeline exports one, with the export step's own ONNX
+conversion and feature-state snapshot: a small class-weighted random forest trained on
+:func:`~fraud_detection.features.compute_features` of generated transactions, dumped with
+joblib, and a manifest with the sha256 of every file. It skips the pipeline's run time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from fraud_detection.bundle import FEATURE_STATE, MODEL_JOBLIB, MODEL_ONNX, Manifest, write_manifest
-from fraud_detection.features import FEATURE_NAMES, OnlineFeatureState, compute_features
+from fraud_detection.features import FEATURE_NAMES, compute_features
 from fraud_detection.schema import LABEL, TIMESTAMP
 
 
@@ -54,9 +54,9 @@ def build_bundle(
 ) -> Path:
     """Train a forest on ``train`` and write a complete, checksummed bundle into ``target``."""
     import joblib
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.ensemble import RandomForestClassifier
+
+    from fraud_detection.training.export import convert_to_onnx, feature_state_snapshot
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -70,14 +70,9 @@ def build_bundle(
     )
     model.fit(features.to_numpy(), train[LABEL].to_numpy())
     joblib.dump(model, target / MODEL_JOBLIB)
-    onnx_model = to_onnx(
-        model,
-        initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
-        options={id(model): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    (target / MODEL_ONNX).write_bytes(onnx_model.SerializeToString())
-    OnlineFeatureState.from_frame(train).save(target / FEATURE_STATE)
+    # The same conversion and snapshot as the pipeline's export step.
+    (target / MODEL_ONNX).write_bytes(convert_to_onnx(model))
+    feature_state_snapshot(train).save(target / FEATURE_STATE)
     write_manifest(
         target,
         Manifest(
