@@ -13,6 +13,9 @@ adds what the stock server lacks:
   the field and the reason) and :class:`PredictorUnavailableError` (503, retry later).
 * :func:`run_model_server` — builds the server from the standard KServe arguments and can bind
   it to loopback (the stock REST server always binds ``0.0.0.0``).
+* :func:`add_bundle_source_arguments`, :func:`source_from_args` and :func:`serve_model` — what
+  both servers' entry points share: where the bundle comes from, refusing a bad one (exit 2),
+  reloading on SIGHUP.
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from fraud_detection.bundle import BundleError
+from fraud_detection.serving.model import BundleSource
 from fraud_detection.serving.requests import DEFAULT_MAX_BODY_BYTES, RequestError
 
 log = logging.getLogger(__name__)
@@ -316,3 +324,42 @@ def run_model_server(
         for model in models:
             if model.ready:
                 model.stop()
+
+
+def add_bundle_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model_dir`` or ``--registry`` (one of them), and ``--reload_interval``."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_dir", type=Path, help="The bundle directory to serve.")
+    source.add_argument(
+        "--registry",
+        type=Path,
+        help="Serve the model registry's current bundle and follow it "
+        "(default $FRAUD_REGISTRY or ./registry).",
+    )
+    parser.add_argument(
+        "--reload_interval",
+        type=float,
+        default=2.0,
+        help="Seconds between checks of the registry's current model.",
+    )
+
+
+def source_from_args(args: argparse.Namespace) -> BundleSource:
+    """The bundle source: --model_dir, --registry, or the default registry."""
+    from fraud_detection.registry import default_registry_root
+
+    if args.model_dir is not None:
+        return BundleSource(model_dir=args.model_dir)
+    return BundleSource(registry_root=args.registry or default_registry_root())
+
+
+def serve_model(model: Any, args: argparse.Namespace, role: str) -> int:
+    """Load ``model`` (exit 2 on a bad bundle), reload it on SIGHUP, serve until SIGTERM/SIGINT."""
+    try:
+        model.load()
+    except BundleError as exc:
+        print(f"error: {role} refuses to start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    signal.signal(signal.SIGHUP, lambda *_: model.request_reload())
+    run_model_server([model], args)
+    return 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from fraud_detection.bundle import BundleError
 from fraud_detection.serving.model import (
     RUNTIMES,
     BundleSource,
@@ -189,37 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The predictor's arguments: KServe's standard ones plus the bundle source and runtime."""
     from kserve.model_server import parser as kserve_parser
 
-    from fraud_detection.serving.app import add_server_arguments
+    from fraud_detection.serving.app import add_bundle_source_arguments, add_server_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m fraud_detection.serving.predictor",
         description="Serve a fraud-detection model bundle (KServe v1 and v2 protocols).",
         parents=[kserve_parser],
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model_dir", type=Path, help="The bundle directory to serve.")
-    source.add_argument(
-        "--registry", type=Path, help="Serve the model registry's current bundle and follow it."
-    )
+    add_bundle_source_arguments(parser)
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="Model runtime.")
-    parser.add_argument(
-        "--reload_interval",
-        type=float,
-        default=2.0,
-        help="Seconds between checks of the registry's current model.",
-    )
     add_server_arguments(parser)
     parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
     return parser
-
-
-def source_from_args(args: argparse.Namespace) -> BundleSource:
-    """The bundle source: --model_dir, --registry, or the default registry."""
-    from fraud_detection.registry import default_registry_root
-
-    if args.model_dir is not None:
-        return BundleSource(model_dir=args.model_dir)
-    return BundleSource(registry_root=args.registry or default_registry_root())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,18 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers != 1:
         parser.error("--workers must be 1 (run more replicas instead)")
+    from fraud_detection.serving.app import serve_model, source_from_args
+
     source = source_from_args(args)
     predictor = make_predictor(args.model_name, source, args.runtime, args.reload_interval)
-    try:
-        predictor.load()
-    except BundleError as exc:
-        print(f"error: predictor refuses to start: {exc}", file=sys.stderr, flush=True)
-        return 2
-    signal.signal(signal.SIGHUP, lambda *_: predictor.request_reload())
-    from fraud_detection.serving.app import run_model_server
-
-    run_model_server([predictor], args)
-    return 0
+    return serve_model(predictor, args, "predictor")
 
 
 if __name__ == "__main__":

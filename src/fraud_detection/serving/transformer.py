@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import uuid
 from collections import OrderedDict
@@ -384,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The transformer's arguments: KServe's standard ones plus the project's."""
     from kserve.model_server import parser as kserve_parser
 
-    from fraud_detection.serving.app import add_server_arguments, strtobool
+    from fraud_detection.serving.app import (
+        add_bundle_source_arguments,
+        add_server_arguments,
+        strtobool,
+    )
     from fraud_detection.serving.predictor import DEFAULT_MODEL_NAME as PREDICTOR_MODEL_NAME
     from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, Topics
 
@@ -393,9 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fraud-scoring transformer: validation, online features, threshold, mirror.",
         parents=[kserve_parser],
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model_dir", type=Path, help="The bundle directory (feature state).")
-    source.add_argument("--registry", type=Path, help="Follow the model registry's current bundle.")
+    add_bundle_source_arguments(parser)
     parser.add_argument(
         "--threshold",
         type=float,
@@ -457,9 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ce_inferenceservicename of mirrored records (default: the model name).",
     )
-    parser.add_argument(
-        "--reload_interval", type=float, default=2.0, help="Seconds between registry checks."
-    )
     add_server_arguments(parser)
     parser.set_defaults(model_name=PREDICTOR_MODEL_NAME)
     return parser
@@ -487,7 +485,7 @@ def mirror_from_args(args: argparse.Namespace) -> KafkaMirror | ProcessMirror | 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: load the bundle (refusing a bad one) and serve until SIGTERM/SIGINT."""
-    from fraud_detection.serving.predictor import source_from_args
+    from fraud_detection.serving.app import serve_model, source_from_args
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -513,16 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         dedup_size=args.dedup_size,
         reload_interval_s=args.reload_interval,
     )
-    try:
-        transformer.load()
-    except BundleError as exc:
-        print(f"error: transformer refuses to start: {exc}", file=sys.stderr, flush=True)
-        return 2
-    signal.signal(signal.SIGHUP, lambda *_: transformer.request_reload())
-    from fraud_detection.serving.app import run_model_server
-
-    run_model_server([transformer], args)
-    return 0
+    return serve_model(transformer, args, "transformer")
 
 
 if __name__ == "__main__":
