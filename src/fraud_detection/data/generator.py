@@ -38,6 +38,7 @@ from fraud_detection.schema import (
     MERCHANT_ID,
     TIMESTAMP,
     TRANSACTION_ID,
+    to_utc_timestamp,
 )
 
 #: Column order of a generated frame.
@@ -171,12 +172,9 @@ def _check_fraud_rate(value: Any) -> None:
 def _parse_start(value: Any) -> pd.Timestamp:
     """Parse ``start``; a naive date is taken as UTC."""
     try:
-        stamp = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
+        return to_utc_timestamp(value)
+    except ValueError as exc:
         raise ValueError(f"start: not a date, got {value!r}") from exc
-    if stamp is pd.NaT or pd.isna(stamp):
-        raise ValueError(f"start: not a date, got {value!r}")
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from fraud_detection.features import FEATURE_NAMES, LABEL_DELAY_DAYS, compute_features
-from fraud_detection.schema import AMOUNT, CARD_ID, LABEL, MERCHANT_ID, TIMESTAMP, TRANSACTION_ID
+from fraud_detection.schema import (
+    AMOUNT,
+    CARD_ID,
+    LABEL,
+    MERCHANT_ID,
+    TIMESTAMP,
+    TRANSACTION_ID,
+    to_utc_timestamp,
+)
 
 STRATIFIED = "stratified"
 TEMPORAL = "temporal"
@@ -130,12 +138,9 @@ class TimeWindows:
 def parse_bound(text: str, *, end: bool) -> pd.Timestamp:
     """A window bound in UTC; a date-only ``end`` bound is moved to the next midnight."""
     try:
-        stamp = pd.Timestamp(text)
-    except (TypeError, ValueError) as exc:
-        raise SplitError(f"not a date or datetime: {text!r}") from exc
-    if stamp is pd.NaT or pd.isna(stamp):
-        raise SplitError(f"not a date or datetime: {text!r}")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        stamp = to_utc_timestamp(text)
+    except ValueError as exc:
+        raise SplitError(str(exc)) from exc
     date_only = len(text.strip()) <= len("YYYY-MM-DD")
     return stamp + _DAY if end and date_only else stamp
 
