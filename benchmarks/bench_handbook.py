@@ -93,9 +93,6 @@ def main() -> int:
             "split": "temporal",
             **windows,
             "exclude_known_compromised": True,
-            # 19 of the 872,795 rows have an amount of 0, which the contract refuses (amt > 0);
-            # they are set aside and counted rather than failing the run.
-            "max_invalid_fraction": 0.001,
             "class_weight": args.class_weight,
             "n_estimators": args.n_estimators,
             "max_depth": args.max_depth,

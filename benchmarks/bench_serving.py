@@ -247,7 +247,13 @@ def single_noop(log_dir: Path) -> Iterator[ServerProcess]:
 
 @contextlib.contextmanager
 def ours(bundle: Path, log_dir: Path, **options: object) -> Iterator[ServerProcess]:
-    config = StackConfig(model_dir=bundle, log_dir=log_dir, **options)  # type: ignore[arg-type]
+    # Generated historical data: the transformer's clock follows the scored timestamps.
+    config = StackConfig(
+        model_dir=bundle,
+        log_dir=log_dir,
+        clock="event",
+        **options,  # type: ignore[arg-type]
+    )
     with ServingStack(config) as stack:
         assert stack.transformer is not None
         yield stack.transformer

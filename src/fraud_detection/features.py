@@ -59,6 +59,10 @@ MICROS_PER_HOUR = 3_600 * MICROS_PER_SECOND
 MICROS_PER_DAY = 24 * MICROS_PER_HOUR
 #: Longest window; history older than this is forgotten by the online state.
 HISTORY_MICROS = max(WINDOW_DAYS) * MICROS_PER_DAY
+#: History is kept this much longer than the longest window, so that a transaction up to this
+#: far ahead of the others (the transformer admits at most a day) erases nothing they need.
+RETENTION_MARGIN_DAYS = 2
+RETENTION_MICROS = HISTORY_MICROS + RETENTION_MARGIN_DAYS * MICROS_PER_DAY
 GAP_CAP_SECONDS = HISTORY_MICROS / MICROS_PER_SECOND
 SPREAD_FLOOR_FRACTION = 0.1
 SPREAD_FLOOR = 1.0
@@ -225,13 +229,95 @@ class _CardHistory:
         self.total = 0.0
         self.total_squares = 0.0
 
+    def copy(self) -> _CardHistory:
+        """An independent copy of the retained history."""
+        twin = _CardHistory()
+        head = self.head
+        twin.times = self.times[head:]
+        twin.sums_before = self.sums_before[head:]
+        twin.squares_before = self.squares_before[head:]
+        twin.total, twin.total_squares = self.total, self.total_squares
+        return twin
+
+
+def _window_features(
+    history: _CardHistory, end: int, now: int, amount: float, vector: list[float]
+) -> None:
+    """Append the card's window counts and means as of ``now``, from its first ``end`` entries.
+
+    Also sets ``vector[1]`` (``amt_deviation``).
+    """
+    mean = count = total = 0.0
+    first = end
+    totals_at_end = history.sums_before[end] if end < len(history.times) else history.total
+    for days in WINDOW_DAYS:
+        first = bisect_right(history.times, now - days * MICROS_PER_DAY, history.head, end)
+        count = float(end - first)
+        total = totals_at_end - history.sums_before[first] if first < end else 0.0
+        mean = total / count if count > 0 else 0.0
+        vector += (count, mean)
+    if count > 0:  # count, total and mean of the longest window
+        squares_at_end = (
+            history.squares_before[end] if end < len(history.times) else history.total_squares
+        )
+        squares = squares_at_end - history.squares_before[first]
+        var = (squares - total * total / count) / (count - 1) if count > 1 else 0.0
+        vector[1] = (amount - mean) / _spread(math.sqrt(max(var, 0.0)), mean)
+
+
+def _calendar_features(timestamp_micros: int) -> tuple[float, float, float]:
+    """``hour``, ``is_night`` and ``is_weekend`` of a time (UTC)."""
+    hour = (timestamp_micros // MICROS_PER_HOUR) % 24
+    return (
+        float(hour),
+        float(hour < NIGHT_END_HOUR),
+        float((timestamp_micros // MICROS_PER_DAY + EPOCH_WEEKDAY) % 7 >= 5),
+    )
+
+
+def _late_card_features(history: _CardHistory, amount: float, timestamp_micros: int) -> list[float]:
+    """Features of a transaction older than the card's latest, then insert it in time order.
+
+    It sees exactly the card's transactions before it in time (as offline), and every later
+    transaction's running sums include it from now on, so late arrival does not bend the
+    windows of the transactions that follow. The windows reach no further back than the card's
+    retained history (the longest window before its latest transaction).
+    """
+    times = history.times
+    position = bisect_right(times, timestamp_micros, history.head)
+    vector = [math.log1p(amount), 0.0]
+    _window_features(history, position, timestamp_micros, amount, vector)
+    gap = (
+        min((timestamp_micros - times[position - 1]) / MICROS_PER_SECOND, GAP_CAP_SECONDS)
+        if position > 0
+        else GAP_CAP_SECONDS
+    )
+    vector.append(gap)
+    vector += _calendar_features(timestamp_micros)
+
+    sums, squares = history.sums_before, history.squares_before
+    sum_at, square_at = sums[position], squares[position]
+    square = amount * amount
+    for index in range(position, len(times)):
+        sums[index] += amount
+        squares[index] += square
+    times.insert(position, timestamp_micros)
+    sums.insert(position, sum_at)
+    squares.insert(position, square_at)
+    history.total += amount
+    history.total_squares += square
+    return vector
+
 
 class OnlineFeatureState:
     """Per-card and per-merchant state that computes :data:`FEATURE_NAMES` one at a time.
 
-    Transactions must arrive in time order per card; one that is older than the card's latest
-    is windowed as if it happened at that latest time (its hour and weekday stay its own).
-    Merchant buckets are calendar days: ``{merchant: {day: [transactions, frauds]}}``.
+    Transactions may arrive out of time order: one older than the card's latest is placed at
+    its own time (it sees the card's earlier transactions, and the later ones count it), so the
+    state does not depend on arrival order beyond what was known when each was scored. Which
+    times are accepted at all is the caller's decision (the transformer admits a bounded range
+    around its clock). Merchant buckets are calendar days:
+    ``{merchant: {day: [transactions, frauds]}}``.
     """
 
     def __init__(self) -> None:
@@ -255,7 +341,9 @@ class OnlineFeatureState:
         bucket = buckets.get(day)
         if bucket is None:
             bucket = buckets[day] = [0, 0]
-            _forget_days_before(buckets, day - LABEL_DELAY_DAYS - max(WINDOW_DAYS))
+            _forget_days_before(
+                buckets, day - LABEL_DELAY_DAYS - max(WINDOW_DAYS) - RETENTION_MARGIN_DAYS
+            )
         bucket[0] += 1
         return vector
 
@@ -265,49 +353,63 @@ class OnlineFeatureState:
             buckets = self._merchants.setdefault(merchant_id, {})
             buckets.setdefault(timestamp_micros // MICROS_PER_DAY, [0, 0])[1] += 1
 
+    def adopt(self, snapshot: OnlineFeatureState) -> None:
+        """Take from a newer bundle's snapshot what this live state lacks; keep the rest.
+
+        A model switch must not blind the velocity features: the live per-card histories stay.
+        From the snapshot come the cards this state has never seen, and, per merchant and day,
+        the larger of the two counts of transactions and of frauds (the snapshot carries the
+        labels known at its training; this state, those recorded since it was loaded).
+        """
+        for card_id, history in snapshot._cards.items():
+            if card_id not in self._cards:
+                self._cards[card_id] = history.copy()
+        for merchant, buckets in snapshot._merchants.items():
+            live = self._merchants.setdefault(merchant, {})
+            for day, (transactions, frauds) in buckets.items():
+                bucket = live.get(day)
+                if bucket is None:
+                    live[day] = [transactions, frauds]
+                else:
+                    bucket[0] = max(bucket[0], transactions)
+                    bucket[1] = max(bucket[1], frauds)
+        if snapshot.last_timestamp_micros is not None and (
+            self.last_timestamp_micros is None
+            or snapshot.last_timestamp_micros > self.last_timestamp_micros
+        ):
+            self.last_timestamp_micros = snapshot.last_timestamp_micros
+
     def _card_features(self, card_id: str, amount: float, timestamp_micros: int) -> list[float]:
         history = self._cards.get(card_id)
         if history is None:
             history = self._cards[card_id] = _CardHistory()
         times = history.times
+        if times and timestamp_micros < times[-1]:
+            return _late_card_features(history, amount, timestamp_micros)
         size = len(times)
-        now = max(timestamp_micros, times[-1]) if size else timestamp_micros
-
         vector = [math.log1p(amount), 0.0]
-        mean = squares = count = 0.0
-        total = 0.0
-        first = size
-        for days in WINDOW_DAYS:
-            first = bisect_right(times, now - days * MICROS_PER_DAY, history.head, size)
-            count = float(size - first)
-            total = history.total - history.sums_before[first] if first < size else 0.0
-            mean = total / count if count > 0 else 0.0
-            vector += (count, mean)
-        if count > 0:  # count, total and mean of the longest window
-            squares = history.total_squares - history.squares_before[first]
-            var = (squares - total * total / count) / (count - 1) if count > 1 else 0.0
-            vector[1] = (amount - mean) / _spread(math.sqrt(max(var, 0.0)), mean)
-        gap = min((now - times[-1]) / MICROS_PER_SECOND, GAP_CAP_SECONDS) if size else None
-        hour = (timestamp_micros // MICROS_PER_HOUR) % 24
-        vector += (
-            GAP_CAP_SECONDS if gap is None else gap,
-            float(hour),
-            float(hour < NIGHT_END_HOUR),
-            float((timestamp_micros // MICROS_PER_DAY + EPOCH_WEEKDAY) % 7 >= 5),
+        _window_features(history, size, timestamp_micros, amount, vector)
+        gap = (
+            min((timestamp_micros - times[-1]) / MICROS_PER_SECOND, GAP_CAP_SECONDS)
+            if size
+            else GAP_CAP_SECONDS
         )
+        vector.append(gap)
+        vector += _calendar_features(timestamp_micros)
 
         # Absorb: forget what no window can see any more, then append.
+        first = bisect_right(times, timestamp_micros - RETENTION_MICROS, history.head, size)
         history.head = first
         if first > 32 and 2 * first > size:
             del times[:first], history.sums_before[:first], history.squares_before[:first]
             history.head = 0
-        times.append(now)
+        times.append(timestamp_micros)
         history.sums_before.append(history.total)
         history.squares_before.append(history.total_squares)
         history.total += amount
         history.total_squares += amount * amount
-        if self.last_timestamp_micros is None or now > self.last_timestamp_micros:
-            self.last_timestamp_micros = now
+        if self.last_timestamp_micros is None or timestamp_micros > self.last_timestamp_micros:
+            self.last_timestamp_micros = timestamp_micros
         return vector
 
     def process_transaction(self, transaction: Mapping[str, object]) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 TRANSACTION_ID = "transaction_id"
@@ -28,6 +29,36 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (CATEGORY,)
 
 #: Fraud is flagged at this probability or above (recall over precision).
 DEFAULT_THRESHOLD = 0.1
+#: Probabilities are reported, and compared with the threshold, rounded to this many decimals:
+#: the ONNX runtime scores in float32 (an exact 0.1 arrives as 0.09999998658895493), scikit-learn
+#: in float64, and both must flag the same transactions.
+PROBABILITY_DECIMALS = 6
+#: Largest accepted amount, in the transaction's currency units (``--max_amount`` in serving).
+#: Well above any card payment, also in currencies of small units, and small enough that the
+#: features' running sums of squared amounts stay finite and precise.
+MAX_AMOUNT = 1_000_000_000.0
+
+
+def round_probability(probability: float) -> float:
+    """A fraud probability as it is reported and compared: rounded to PROBABILITY_DECIMALS.
+
+    numpy's rounding, as :func:`flag_scores` uses, so one score gets one verdict everywhere.
+    """
+    import numpy as np
+
+    return float(np.round(np.float64(probability), PROBABILITY_DECIMALS))
+
+
+def is_flagged(probability: float, threshold: float) -> bool:
+    """Whether a probability is at or above the threshold (after :func:`round_probability`)."""
+    return round_probability(probability) >= threshold
+
+
+def flag_scores(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Vectorised :func:`is_flagged`: the same rule for a whole array of scores (offline)."""
+    import numpy as np
+
+    return np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS) >= threshold
 
 
 def to_utc_timestamp(value: object) -> pd.Timestamp:

@@ -2,20 +2,57 @@
 
 They parse arguments and call :mod:`fraud_detection.serving`; nothing heavy is imported until a
 command runs.
+
+``fraud serve`` supervises what it started (``ServingStack.supervise`` in
+:mod:`fraud_detection.serving.launcher`): a child that exits is restarted with back-off; when one
+keeps exiting it stops everything and exits with :data:`EXIT_CHILD_FAILED`. Its exit statuses:
+
+* 0 (:data:`EXIT_OK`): stopped by Ctrl-C or SIGTERM, everything stopped;
+* 1 (:data:`EXIT_START_FAILED`): nothing to serve, or starting failed;
+* 2 (:data:`EXIT_USAGE`): invalid options;
+* 3 (:data:`EXIT_CHILD_FAILED`): a child kept exiting (restart limit reached);
+* 4 (:data:`EXIT_STOP_FAILED`): stopped on request, but a child could not be stopped.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from fraud_detection.serving.launcher import ServingStack
 
 console = Console()
 err_console = Console(stderr=True)
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHILD_FAILED = 3
+EXIT_STOP_FAILED = 4
+SERVE_EPILOG = (
+    "A child (predictor, transformer, broker) that exits is restarted on the same port after a "
+    "back-off (0.5 s, doubling up to 10 s; reset once it stayed up for 30 s); when one exits "
+    "again after --max-restarts restarts within --restart-window seconds, everything is stopped. "
+    "Exit status: 0 stopped by Ctrl-C or SIGTERM; 1 nothing to serve or starting failed; "
+    "2 invalid options; 3 a child (predictor, transformer, broker) kept exiting and the restart "
+    "limit was reached; 4 stopped on request, but a child could not be stopped."
+)
+
+
+class Clock(enum.StrEnum):
+    """The transformer's clock for timestamp checks."""
+
+    wall = "wall"
+    event = "event"
 
 
 def serve(
@@ -48,27 +85,53 @@ def serve(
     topic: Annotated[str | None, typer.Option(help="Mirror topic.")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     log_dir: Annotated[Path | None, typer.Option(help="Keep the servers' logs here.")] = None,
+    clock: Annotated[
+        Clock,
+        typer.Option(
+            help="wall: a timestamp must be close to this machine's clock (live traffic). "
+            "event: the clock is the latest accepted timestamp (replays of past data)."
+        ),
+    ] = Clock.wall,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint the transformer's live state here and resume from it. Default: "
+            "$FRAUD_SERVING_STATE_DIR, else serving/ in $FRAUD_STATE_DIR or ./.fraud."
+        ),
+    ] = None,
+    no_state: Annotated[
+        bool, typer.Option("--no-state", help="No checkpoints: start from the bundle's state.")
+    ] = False,
+    checkpoint_interval: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Seconds between checkpoints (the transformer's default)."),
+    ] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Give up when a child exits again after this many restarts in the window."
+        ),
+    ] = 5,
+    restart_window: Annotated[
+        float, typer.Option(min=0.001, help="The restart limit's window, in seconds.")
+    ] = 60.0,
 ) -> None:
-    """Start predictor and transformer (and a local Kafka broker) until Ctrl-C or SIGTERM."""
-    from fraud_detection.bundle import BundleError
-    from fraud_detection.registry import default_registry_root
-    from fraud_detection.serving.launcher import ServerStartError, ServingStack, StackConfig
-    from fraud_detection.streaming.broker import BrokerError
+    """Start predictor and transformer (and a local Kafka broker) until Ctrl-C or SIGTERM.
 
-    if model_dir is None:
-        registry = registry or default_registry_root()
-        from fraud_detection.registry import ModelRegistry
+    Supervised: a child that exits is restarted (see below). Exit statuses: see below.
+    """
+    from fraud_detection.serving.launcher import (
+        ServingStack,
+        StackConfig,
+        default_serving_state_dir,
+    )
 
-        if ModelRegistry(registry).current() is None:
-            err_console.print(
-                f"[bold red]error:[/] the registry at {registry} has no current model; "
-                "train one first or pass --model-dir"
-            )
-            raise typer.Exit(1)
-    else:
-        registry = None
+    registry = _registry_or_exit(model_dir, registry)
     if mirror and kafka is None:
         kafka = existing_bootstrap()
+    if no_state and state_dir is not None:
+        err_console.print("[bold red]error:[/] --state-dir and --no-state exclude each other")
+        raise typer.Exit(EXIT_USAGE)
     config = StackConfig(
         model_dir=model_dir,
         registry=registry,
@@ -81,52 +144,102 @@ def serve(
         threshold=threshold,
         collocated=collocated,
         log_dir=log_dir,
+        clock=clock.value,
+        state_dir=None if no_state else (state_dir or default_serving_state_dir()),
+        checkpoint_interval_s=checkpoint_interval,
+        max_restarts=max_restarts,
+        restart_window_s=restart_window,
     )
+    _log_supervision()
+    source = model_dir if model_dir is not None else f"registry {registry} (current, followed)"
+    code = run_stack(ServingStack(config), str(source))
+    if code != EXIT_OK:
+        raise typer.Exit(code)
+
+
+def _registry_or_exit(model_dir: Path | None, registry: Path | None) -> Path | None:
+    """The registry to serve from (None with --model-dir); exit 1 when it has no model."""
+    if model_dir is not None:
+        return None
+    from fraud_detection.registry import ModelRegistry, default_registry_root
+
+    registry = registry or default_registry_root()
+    if ModelRegistry(registry).current() is None:
+        err_console.print(
+            f"[bold red]error:[/] the registry at {registry} has no current model; "
+            "train one first or pass --model-dir"
+        )
+        raise typer.Exit(EXIT_START_FAILED)
+    return registry
+
+
+def _log_supervision() -> None:
+    """Show the supervisor's messages (exits, restarts, stop failures) on stderr."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("fraud_detection.serving.launcher").setLevel(logging.INFO)
+
+
+def run_stack(stack: ServingStack, source: str) -> int:
+    """Start ``stack``, supervise it until SIGINT/SIGTERM, stop it; return the exit status."""
+    from fraud_detection.bundle import BundleError
+    from fraud_detection.serving.launcher import ChildFailedError, ServerStartError
+    from fraud_detection.streaming.broker import BrokerError
+
     stop = threading.Event()
-    stack = ServingStack(config)
-    previous = {
-        signum: signal.signal(signum, lambda *_: stop.set())
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+    handlers = {signum: lambda *_: stop.set() for signum in (signal.SIGINT, signal.SIGTERM)}
+    handlers[signal.SIGHUP] = lambda *_: _reload(stack)
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    code = EXIT_OK
     try:
         with console.status("starting the model servers"):
             stack.start()
         for name, url in stack.urls().items():
             typer.echo(f"{name:>26}: {url}")
-        source = model_dir if model_dir is not None else f"registry {registry} (current, followed)"
         typer.echo(f"{'model':>26}: {source}")
-        typer.echo("Ctrl-C or SIGTERM stops everything; SIGHUP reloads the model.", err=False)
-        signal.signal(signal.SIGHUP, lambda *_: _reload(stack))
-        while not stop.wait(0.5):
-            for server in (stack.transformer, stack.predictor):
-                if server is not None and not server.running:
-                    err_console.print(
-                        f"[bold red]error:[/] the {server.name} exited; log {server.log_path}"
-                    )
-                    stop.set()
-    except (ServerStartError, BrokerError, BundleError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+        typer.echo("Ctrl-C or SIGTERM stops everything; SIGHUP reloads the model.")
+        stack.supervise(stop)
+    except (ServerStartError, BrokerError, BundleError, OSError) as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        code = EXIT_START_FAILED
+    except ChildFailedError as exc:
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}\nstopping everything", soft_wrap=True
+        )
+        code = EXIT_CHILD_FAILED
     finally:
         with console.status("stopping"):
-            stack.stop()
+            problems = stack.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if problems:  # each was logged as an error by the stack
+        err_console.print(
+            f"[bold red]error:[/] {len(problems)} process(es) could not be stopped (see above)"
+        )
+        return EXIT_STOP_FAILED if code == EXIT_OK else code
     console.print("stopped")
+    return code
 
 
 def existing_bootstrap() -> str | None:
-    """$FRAUD_KAFKA_BOOTSTRAP, else the running `fraud kafka up` broker's address, else None."""
+    """$FRAUD_KAFKA_BOOTSTRAP, else the running `fraud kafka up` broker's address, else None.
+
+    A failure to look for the `fraud kafka up` broker is reported (and a local broker is started).
+    """
     import os
 
-    from fraud_detection.streaming.broker import status
+    from fraud_detection.streaming.broker import BrokerError, status
     from fraud_detection.streaming.kafka import ENV_BOOTSTRAP
 
     if os.environ.get(ENV_BOOTSTRAP):
         return os.environ[ENV_BOOTSTRAP]
     try:
         current = status(timeout_s=1.0)
-    except Exception:
+    except (BrokerError, OSError, ValueError) as exc:
+        err_console.print(
+            "[yellow]warning:[/] could not check for a `fraud kafka up` broker "
+            f"({type(exc).__name__}: {escape(str(exc))}); starting a local broker",
+            soft_wrap=True,
+        )
         return None
     return current.state.bootstrap if current.running and current.state else None
 
@@ -167,5 +280,5 @@ def demo_score(
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the ``fraud`` app."""
-    app.command("serve")(serve)
+    app.command("serve", epilog=SERVE_EPILOG)(serve)
     app.command("demo-score")(demo_score)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import stat
@@ -142,20 +143,18 @@ def test_read_topic_stops_at_the_end_offsets_seen_when_it_started(broker: LocalB
                     extras_sent.append(40)
                 return value
 
-        started = time.monotonic()
+        # read_topic raises TimeoutError unless it reached its bound: returning is the event.
         records = read_topic(
             broker.bootstrap_servers,
             topic,
             timeout_s=10,
             value_deserializer=ProduceMoreWhileReading(),
         )
-        elapsed = time.monotonic() - started
     finally:
         producer.close()
 
     assert extras_sent == [40]
     assert [r.value for r in records] == [f"before-{i}".encode() for i in range(60)]
-    assert elapsed < 5, f"the bounded read took {elapsed:.1f} s"
     # The extras really are in the topic: a read started now sees them.
     assert len(read_topic(broker.bootstrap_servers, topic, timeout_s=10)) == 100
 
@@ -169,41 +168,40 @@ def test_read_topic_on_an_empty_or_unknown_topic(broker: LocalBroker) -> None:
     assert missing not in list_topics(broker.bootstrap_servers), "the read auto-created it"
 
 
-def test_consumer_group_joins_fast_and_resumes_from_committed_offsets(
+def test_consumer_group_joins_and_resumes_from_committed_offsets(
     broker: LocalBroker,
 ) -> None:
     topic = fresh_topic(broker.bootstrap_servers)
     group = f"g-{uuid.uuid4().hex[:8]}"
     producer = make_producer(broker.bootstrap_servers)
 
-    def consume(expected: int, deadline_s: float = 10.0) -> tuple[list[bytes], float]:
+    def consume(expected: int, deadline_s: float = 60.0) -> list[bytes]:
+        """Poll until ``expected`` records arrived or ``deadline_s`` passed (join included)."""
         consumer = make_consumer(
             broker.bootstrap_servers, topic, group_id=group, enable_auto_commit=False
         )
+        # How fast the join is belongs to benchmarks; here only that the fast settings are used.
         assert consumer.config["session_timeout_ms"] == FAST_GROUP_SETTINGS["session_timeout_ms"]
-        started = time.monotonic()
+        deadline = time.monotonic() + deadline_s
         values: list[bytes] = []
         try:
-            while len(values) < expected and time.monotonic() - started < deadline_s:
+            while len(values) < expected and time.monotonic() < deadline:
                 for batch in consumer.poll(timeout_ms=200).values():
                     values.extend(record.value for record in batch)
-            elapsed = time.monotonic() - started
             consumer.commit()
         finally:
             consumer.close(autocommit=False)
-        return values, elapsed
+        return values
 
     try:
         for i in range(20):
             producer.send(topic, value=b"first-%d" % i)
         producer.flush()
-        values, joined_in = consume(20)
+        values = consume(20)
         assert values == [b"first-%d" % i for i in range(20)]
-        # tansu + kafka-python measured ~3 s with the fast settings, ~23 s with the defaults.
-        assert joined_in < 8, f"group join and first records took {joined_in:.1f} s"
 
         producer.send(topic, value=b"second").get(timeout=10)
-        values, _ = consume(1)
+        values = consume(1)
         assert values == [b"second"], "the group did not resume from its committed offset"
     finally:
         producer.close()
@@ -223,22 +221,24 @@ def test_create_topics_is_idempotent(broker: LocalBroker) -> None:
         consumer.close()
 
 
-def test_stop_kills_the_process_and_frees_the_port() -> None:
+def test_stop_kills_the_process_and_frees_the_port(caplog: pytest.LogCaptureFixture) -> None:
     local = LocalBroker(topics=())
     with local:
         pid, port, bootstrap = local.pid, local.port, local.bootstrap_servers
         assert pid is not None and not process_gone(pid)
         assert port_in_use("127.0.0.1", port)
-        # An idle connected client must not delay the stop (tansu drains clients on SIGTERM).
+        # An idle connected client must not keep the broker from stopping on SIGINT (tansu
+        # drains clients on SIGTERM): given all the time it needs, it exits without a SIGKILL.
         producer = make_producer(bootstrap)
         producer.send("auto-created", b"x").get(timeout=10)
-        started = time.monotonic()
-    stopped_in = time.monotonic() - started
+        with caplog.at_level(logging.WARNING, logger=broker_mod.__name__):
+            local.stop(timeout_s=60)
     producer.close(timeout=1)
 
     assert process_gone(pid), "the broker process is still there (alive or zombie)"
     assert not port_in_use("127.0.0.1", port)
-    assert stopped_in < 3, f"stopping took {stopped_in:.1f} s"
+    killed = [r.getMessage() for r in caplog.records if "killing it" in r.getMessage()]
+    assert not killed, f"the broker did not stop on SIGINT: {killed}"
     assert not local.running
     local.stop()  # a second stop is harmless
     with pytest.raises(BrokerUnavailableError):
@@ -266,10 +266,9 @@ def test_a_broker_that_dies_at_start_reports_its_log(
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
     log_path = tmp_path / "broker.log"
-    started = time.monotonic()
-    with pytest.raises(BrokerStartError, match=r"(?s)status 3.*storage engine exploded"):
-        LocalBroker(topics=(), log_path=log_path, startup_timeout_s=10).start()
-    assert time.monotonic() - started < 5, "an early exit must not wait for the timeout"
+    # The early exit is reported as an exit (its status and log), not as the startup timeout.
+    with pytest.raises(BrokerStartError, match=r"(?s)exited with status 3.*engine exploded"):
+        LocalBroker(topics=(), log_path=log_path, startup_timeout_s=60).start()
 
 
 def test_detached_up_status_down_round_trip(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def bad_inputs(frame: pd.DataFrame, directory: Path) -> dict[str, tuple[list[str
         "schema violation": (
             [str(write_transactions(negative, directory / "negative.csv"))],
             "validate",
-            "amt: amt > 0 (3 rows)",
+            "amt: amt in range (3 rows)",
         ),
         "single class": (
             [str(write_transactions(frame.head(3000).assign(is_fraud=0), directory / "one.csv"))],

@@ -37,8 +37,7 @@ def test_parity_on_generated_data() -> None:
 def test_parity_on_a_slice_of_the_handbook_data(handbook_dir) -> None:
     from fraud_detection.data.validation import load_transactions
 
-    # The handbook has a few 0.00 amounts, which the contract rejects (amt > 0).
-    frame = load_transactions(handbook_dir / "transactions-2018-04.csv.gz", drop_invalid=True)
+    frame = load_transactions(handbook_dir / "transactions-2018-04.csv.gz")
     frame = frame[frame["timestamp"] < pd.Timestamp("2018-04-22", tz="UTC")]
     assert frame["is_fraud"].sum() > 0
     assert_parity(frame)

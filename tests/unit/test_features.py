@@ -12,6 +12,7 @@ from fraud_detection.features import (
     FEATURE_NAMES,
     GAP_CAP_SECONDS,
     MERCHANT_FEATURE_NAMES,
+    RETENTION_MARGIN_DAYS,
     OnlineFeatureState,
     compute_features,
     timestamp_to_micros,
@@ -197,8 +198,10 @@ def test_state_forgets_history_older_than_the_longest_window() -> None:
     for day in range(200):
         state.process("A", "m1", 10.0, start + day * 86_400_000_000)
     snapshot = state.to_dict()
-    assert len(snapshot["cards"]["A"][0]) <= 31
-    assert len(snapshot["merchants"]["m1"]) <= 38  # 30-day window + 7-day label delay + today
+    # The 30-day window and today, plus the retention margin.
+    assert len(snapshot["cards"]["A"][0]) <= 31 + RETENTION_MARGIN_DAYS
+    # The 30-day window, the 7-day label delay and today, plus the margin.
+    assert len(snapshot["merchants"]["m1"]) <= 38 + RETENTION_MARGIN_DAYS
 
 
 def test_state_from_another_feature_set_is_refused() -> None:
@@ -208,14 +211,60 @@ def test_state_from_another_feature_set_is_refused() -> None:
         OnlineFeatureState.from_dict(snapshot)
 
 
-def test_out_of_order_transaction_is_windowed_at_the_card_latest_time() -> None:
+def test_a_late_transaction_sees_only_what_happened_before_it() -> None:
     state = OnlineFeatureState()
-    state.process("A", "m1", 10.0, timestamp_to_micros("2026-01-05T10:00:00Z"))
+    state.process("A", "m1", 10.0, timestamp_to_micros("2026-01-05T08:00:00Z"))
+    state.process("A", "m1", 20.0, timestamp_to_micros("2026-01-05T10:00:00Z"))
     late = state.process("A", "m1", 30.0, timestamp_to_micros("2026-01-05T09:00:00Z"))
     named = dict(zip(FEATURE_NAMES, late, strict=True))
-    assert named["card_count_1d"] == 1
-    assert named["card_secs_since_prev"] == 0.0
+    assert named["card_count_1d"] == 1  # the 08:00 one, not the 10:00 one
+    assert named["card_mean_amt_1d"] == 10.0
+    assert named["card_secs_since_prev"] == 3600.0
     assert named["hour"] == 9
+    after = dict(
+        zip(
+            FEATURE_NAMES,
+            state.process("A", "m1", 40.0, timestamp_to_micros("2026-01-05T11:00:00Z")),
+            strict=True,
+        )
+    )
+    assert after["card_count_1d"] == 3
+    assert after["card_mean_amt_1d"] == 20.0
+    assert after["card_secs_since_prev"] == 3600.0  # since 10:00, the card's latest
+
+
+def test_arrival_order_does_not_bend_the_state() -> None:
+    """Shuffled arrival: each transaction's online features equal the offline features computed
+    from the transactions that had arrived before it; the final state equals the in-order one."""
+    from fraud_detection.data.generator import GeneratorConfig, generate_transactions
+
+    frame = generate_transactions(
+        GeneratorConfig(n_transactions=400, n_cards=5, days=10, fraud_rate=0.0, seed=3)
+    )
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(11)
+    arrival = np.argsort(np.arange(len(frame)) + rng.normal(0, 4, len(frame)), kind="stable")
+    assert (arrival != np.arange(len(frame))).sum() > 100  # really out of order
+
+    shuffled = OnlineFeatureState()
+    stamps = timestamps_to_micros(frame["timestamp"])
+    for step, index in enumerate(arrival[:120]):
+        row = frame.iloc[index]
+        online = shuffled.process(row.card_id, row.merchant_id, row.amt, int(stamps[index]))
+        known = frame.iloc[np.r_[np.sort(arrival[:step]), index]]
+        expected = compute_features(known.sort_values("timestamp", kind="stable")).loc[index]
+        np.testing.assert_allclose(online, expected.to_numpy(), rtol=1e-9, atol=1e-9)
+    for index in arrival[120:]:
+        row = frame.iloc[index]
+        shuffled.process(row.card_id, row.merchant_id, row.amt, int(stamps[index]))
+
+    in_order = OnlineFeatureState()
+    in_order.replay(frame.drop(columns=["is_fraud"]))
+    for card in frame["card_id"].unique():
+        probe = (card, "m-probe", 25.0, int(stamps[-1]) + 1)
+        np.testing.assert_allclose(
+            shuffled.process(*probe), in_order.process(*probe), rtol=1e-9, atol=1e-9
+        )
 
 
 @pytest.mark.parametrize(

@@ -64,3 +64,18 @@ def test_roc_points_are_thinned_and_finite() -> None:
     fpr, tpr, thresholds = roc_points(labels, scores, max_points=50)
     assert len(fpr) <= 50 and fpr[0] == 0.0 and tpr[-1] == 1.0
     assert all(np.isfinite(thresholds)) and max(thresholds) <= 1.0
+
+
+def test_a_float32_score_at_the_threshold_is_flagged_offline_as_online() -> None:
+    """ONNX scores in float32: ten votes of a hundred trees can arrive as 0.09999998658895493."""
+    from fraud_detection.schema import is_flagged
+
+    float32_tenth = float(np.float32(0.1) - np.float32(1.5e-8))
+    assert float32_tenth < 0.1
+    labels = np.array([1, 0, 1, 0])
+    scores = np.array([float32_tenth, 0.0999994, 0.1, 0.0])
+    metrics = classification_metrics(labels, scores, threshold=0.1)
+    assert metrics["confusion_matrix"] == [[2, 0], [0, 2]]
+    assert [is_flagged(score, 0.1) for score in scores] == [True, False, True, False]
+    curve = threshold_curve(labels, scores, np.array([0.1]))
+    assert curve["tp"] == [2] and curve["fp"] == [0]

@@ -6,10 +6,23 @@ never raises on bad data and never drops a row: every failing check is collected
 validation) into a :class:`ValidationReport` naming the column, the check, how many rows fail
 and which. Only a frame that passes is typed by :func:`to_canonical_types`.
 
-``card_id`` must be an opaque token. A value that looks like a raw card number (13 to 19 digits,
-optionally grouped by spaces or dashes, passing the Luhn check) is rejected: card numbers must
-be tokenized before they reach the system (PCI DSS), and the report shows only their last four
-digits.
+The value rules are written once here, as plain functions on one value, and shared with the
+JSON validator of scoring requests (:mod:`fraud_detection.serving.requests`):
+
+* identifiers (``transaction_id``, ``card_id``, ``merchant_id``): 1 to :data:`MAX_ID_LENGTH`
+  printable ASCII characters without whitespace (:func:`id_format_problem`);
+* ``amt``: finite, from 0 (a zero-amount authorization is a real transaction) to
+  :data:`~fraud_detection.schema.MAX_AMOUNT` (:func:`amount_in_range`);
+* ``timestamp``: ISO-8601 text of the form :func:`is_timestamp_text` describes, or a
+  date-time;
+* ``category``: at most :data:`MAX_CATEGORY_LENGTH` characters, no control characters or lone
+  surrogates (:func:`category_format_problem`);
+* no identifier and no category may hold a raw card number (:func:`is_card_number`: a run of
+  13 to 19 digits of any script, joined by separators, passing the Luhn check): card numbers
+  must be tokenized before they reach the system (PCI DSS).
+
+Every value quoted in a report or an error goes through :func:`redact`, which shows at most the
+last four digits of anything that looks like a card number.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +42,7 @@ import pandera.pandas as pa
 from pandera.config import ValidationDepth, config_context
 from pandera.errors import SchemaErrorReason, SchemaErrors
 from rich.table import Table
+from rich.text import Text
 
 from fraud_detection.data.files import read_transactions
 from fraud_detection.schema import (
@@ -36,6 +51,7 @@ from fraud_detection.schema import (
     CATEGORY,
     ID_COLUMNS,
     LABEL,
+    MAX_AMOUNT,
     MERCHANT_ID,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -49,10 +65,15 @@ __all__ = [
     "DataValidationError",
     "Failure",
     "ValidationReport",
+    "amount_in_range",
+    "category_format_problem",
     "drop_invalid_rows",
+    "id_format_problem",
     "is_card_number",
+    "is_timestamp_text",
     "load_transactions",
     "luhn_valid",
+    "redact",
     "summarize",
     "to_canonical_types",
     "validate_transactions",
@@ -62,31 +83,49 @@ logger = logging.getLogger(__name__)
 
 #: How many failing rows a :class:`Failure` lists as examples.
 MAX_EXAMPLES = 5
+#: Longest identifier (``transaction_id``, ``card_id``, ``merchant_id``), in characters.
+MAX_ID_LENGTH = 128
+#: Longest ``category``, in characters.
+MAX_CATEGORY_LENGTH = 128
+#: Card numbers (PANs) have 13 to 19 digits.
+MIN_PAN_DIGITS = 13
+MAX_PAN_DIGITS = 19
+#: Longest piece of a value quoted in an error message or a report (before escaping).
+MAX_QUOTED_CHARS = 40
+#: Longest explanation quoted from a check that could not run.
+MAX_DETAIL_CHARS = 200
 
 # Short, human names of the checks, as they appear in reports.
 CHECK_PRESENT = "column present"
 CHECK_NOT_NULL = "not null"
 CHECK_TYPE = "type"
-CHECK_NON_EMPTY = "non-empty"
+CHECK_ID_FORMAT = "id format"
+CHECK_TEXT = "valid text"
 CHECK_UNIQUE = "unique"
 CHECK_NOT_CARD_NUMBER = "not a raw card number"
 CHECK_FINITE = "finite"
-CHECK_POSITIVE = f"{AMOUNT} > 0"
+CHECK_AMOUNT_RANGE = f"{AMOUNT} in range"
 CHECK_TIMESTAMP = "parseable UTC timestamp"
 CHECK_LABEL = f"{LABEL} in {{0, 1}}"
 
 PCI_MESSAGE = (
     "card numbers must be tokenized before they reach the system (PCI DSS); "
-    f"{CARD_ID} must be an opaque token"
+    f"{CARD_ID} must be an opaque token and no other field may hold a card number"
 )
 _MESSAGES = {
     CHECK_PRESENT: "the column is required",
     CHECK_NOT_NULL: "values must not be missing",
-    CHECK_NON_EMPTY: "identifiers must not be empty or blank",
+    CHECK_ID_FORMAT: (
+        f"identifiers must be 1 to {MAX_ID_LENGTH} printable ASCII characters without whitespace"
+    ),
+    CHECK_TEXT: (
+        f"categories must be at most {MAX_CATEGORY_LENGTH} characters, without control "
+        "characters or lone surrogates"
+    ),
     CHECK_UNIQUE: f"each {TRANSACTION_ID} must occur once (all rows sharing one are listed)",
     CHECK_NOT_CARD_NUMBER: PCI_MESSAGE,
     CHECK_FINITE: "amounts must be finite",
-    CHECK_POSITIVE: "amounts must be greater than 0",
+    CHECK_AMOUNT_RANGE: f"amounts must be between 0 and {MAX_AMOUNT:,.0f}",
     CHECK_TIMESTAMP: "ISO-8601 date-time expected (values without an offset are read as UTC)",
     CHECK_LABEL: "labels must be 0 or 1",
 }
@@ -101,11 +140,12 @@ _CHECK_ORDER = (
     CHECK_PRESENT,
     CHECK_NOT_NULL,
     CHECK_TYPE,
-    CHECK_NON_EMPTY,
+    CHECK_ID_FORMAT,
+    CHECK_TEXT,
     CHECK_UNIQUE,
     CHECK_NOT_CARD_NUMBER,
     CHECK_FINITE,
-    CHECK_POSITIVE,
+    CHECK_AMOUNT_RANGE,
     CHECK_TIMESTAMP,
     CHECK_LABEL,
 )
@@ -113,16 +153,33 @@ _PANDERA_CHECK_NAMES = {"column_in_dataframe": CHECK_PRESENT, "not_nullable": CH
 
 
 # --------------------------------------------------------------------------------------------
-# Raw card numbers: Luhn check, scalar and vectorised
+# The value rules, shared with the JSON validator (fraud_detection.serving.requests)
 # --------------------------------------------------------------------------------------------
 
-#: 13 to 19 ASCII digits, optionally grouped by single spaces or dashes.
-_CARD_PATTERN = r"[0-9](?:[ -]?[0-9]){12,18}"
-_CARD_RE = re.compile(_CARD_PATTERN)
-_SEPARATORS = re.compile(r"[ -]")
-#: Longest text that can still be a grouped 19-digit number (digits plus separators).
-_MAX_CARD_TEXT = 19 + 18
-_PAN_WIDTH = 19
+#: An identifier: 1 to MAX_ID_LENGTH printable ASCII characters, no whitespace (``!`` to ``~``).
+_ID_RE = re.compile(rf"[!-~]{{1,{MAX_ID_LENGTH}}}")
+#: What text must never hold: C0 and C1 control characters, and surrogate code points (a JSON
+#: decoder joins an escaped pair into one character, so one left in a string is a lone
+#: surrogate, which no UTF-8 text can carry).
+_FORBIDDEN_TEXT_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: A maximal run of decimal digits (any script) joined only by separators: anything that is
+#: neither a letter nor a digit (whitespace, punctuation, symbols, format characters such as
+#: the zero-width space). Letters end a run.
+_DIGIT_RUN_RE = re.compile(r"\d(?:[\W_]*\d)*")
+#: A UUID in its canonical text form (8-4-4-4-12 hexadecimal digits).
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+#: The text of a timestamp: an ISO-8601 calendar date (``2026-03-01`` or ``20260301``), then
+#: optionally ``T`` or a space and the time and offset (digits, ``:``, ``.``, ``+``, ``-``,
+#: ``Z``, spaces), ending in a digit or ``Z``. The parsers of both paths read more (any
+#: character between date and time, week dates, decimal commas, padding): not the same more.
+_TIMESTAMP_TEXT_RE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}(?:[T ][0-9:.+\-Z ]*[0-9Z])?")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_SEPARATORS_ONLY = re.compile(r"[\W_]*")
+
+CARD_NUMBER_REASON = (
+    "looks like a card number; card numbers must be tokenized before they reach the system "
+    "(PCI DSS)"
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -143,60 +200,156 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def is_card_number(value: object) -> bool:
-    """True when ``value`` looks like a raw payment card number (PAN).
+def _run_digits(run: str) -> str:
+    """The digits of a run as ASCII digits (full-width, Arabic-Indic, ... digits mapped)."""
+    if run.isascii():
+        return "".join(_ASCII_DIGITS.findall(run))
+    return "".join(str(unicodedata.decimal(char)) for char in run if char.isdecimal())
 
-    That is 13 to 19 digits, optionally grouped by spaces or dashes, passing the Luhn check.
-    Integers are read as their decimal digits; anything else (opaque tokens such as
-    ``"card-000123"``, a 16-digit number failing Luhn, missing values) is not a card number.
+
+def _is_letter_at(text: str, index: int) -> bool:
+    return 0 <= index < len(text) and text[index].isalpha()
+
+
+def _card_number_in(text: str) -> bool:
+    if len(text) < MIN_PAN_DIGITS or _UUID_RE.fullmatch(text):
+        return False
+    for run in _DIGIT_RUN_RE.finditer(text):
+        if _is_letter_at(text, run.start() - 1) or _is_letter_at(text, run.end()):
+            continue  # digits glued to letters belong to a word (hex tokens), not a number
+        digits = _run_digits(run.group())
+        if MIN_PAN_DIGITS <= len(digits) <= MAX_PAN_DIGITS and luhn_valid(digits):
+            return True
+    return False
+
+
+def is_card_number(value: object) -> bool:
+    """True when ``value`` holds what looks like a raw payment card number (PAN).
+
+    The text is read as runs of digits: a run is a maximal sequence of decimal digits of any
+    script (``unicodedata``: full-width, Arabic-Indic, ... digits count as 0-9) joined only by
+    separators (anything that is neither a letter nor a digit: spaces, tabs, dots, slashes,
+    dashes, zero-width and other format characters). Letters end a run. A run of 13 to 19
+    digits passing the Luhn check is a card number, wherever it stands (``"pan:4111 1111 ..."``).
+
+    So that legitimate identifiers are not refused by chance: a run glued to a letter (no
+    separator between them) is part of an alphanumeric word, as in hexadecimal tokens, and a
+    canonical UUID (8-4-4-4-12 hex digits) is never a card number; a run longer than 19 digits
+    is not one either. Integers are read as their decimal digits; anything else that is not
+    text (missing values, floats) is not a card number.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool | np.bool_):
         return False
     if isinstance(value, int | np.integer):
-        value = str(value)
-    if not isinstance(value, str):
-        return False
-    text = value.strip()
-    if not _CARD_RE.fullmatch(text):
-        return False
-    return luhn_valid(_SEPARATORS.sub("", text))
+        value = _int_text(int(value))
+    return isinstance(value, str) and _card_number_in(value)
 
 
-def _luhn_valid_array(digits: pd.Series) -> np.ndarray:
-    """Vectorised Luhn check of digit-only strings of at most 19 characters."""
-    if digits.empty:
-        return np.zeros(0, dtype=bool)
-    # Leading zeros do not change a Luhn sum, so pad every number to the same width.
-    padded = "".join(digits.str.zfill(_PAN_WIDTH)).encode("ascii")
-    matrix = np.frombuffer(padded, dtype=np.uint8).reshape(-1, _PAN_WIDTH).astype(np.int64) - 48
-    # Counting from the right, every second digit (the check digit is first) is doubled;
-    # with an odd width these are the odd positions from the left.
-    doubled = matrix[:, 1::2] * 2
-    doubled -= 9 * (doubled > 9)
-    total = matrix[:, 0::2].sum(axis=1) + doubled.sum(axis=1)
-    return total % 10 == 0
+def _int_text(number: int) -> str:
+    """An integer in decimal; a description for the few too long to write out."""
+    if number.bit_length() > 256:
+        return f"<an integer of {number.bit_length()} bits>"
+    return str(number)
 
 
-def _card_number_mask(text: pd.Series) -> pd.Series:
-    """Which values of a text series (NaN for non-text) look like raw card numbers."""
-    mask = pd.Series(False, index=text.index)
-    lengths = text.str.len()
-    # Cheap filter first: opaque tokens and short numeric ids never reach the regex.
-    candidates = text[lengths.between(13, _MAX_CARD_TEXT)].str.strip()
-    if candidates.empty:
-        return mask
-    shaped = candidates[candidates.str.fullmatch(_CARD_PATTERN).fillna(False).astype(bool)]
-    if shaped.empty:
-        return mask
-    digits = shaped.str.replace(_SEPARATORS, "", regex=True)
-    mask.loc[shaped.index] = _luhn_valid_array(digits)
-    return mask
+def _mask_digit_runs(text: str, cut: bool) -> str:
+    """``text`` with every run of 13 or more digits (any Luhn result, any length, glued to
+    letters or not) replaced by ``*`` and its last four digits; with ``cut``, a run followed
+    by nothing but separators (it may go on beyond the end) is masked whatever its length,
+    showing no digit.
+    """
+    pieces = []
+    position = 0
+    for run in _DIGIT_RUN_RE.finditer(text):
+        digits = _run_digits(run.group())
+        if cut and _SEPARATORS_ONLY.fullmatch(text, run.end()):
+            masked = "*" * len(digits)
+        elif len(digits) >= MIN_PAN_DIGITS:
+            masked = "*" * (len(digits) - 4) + digits[-4:]
+        else:
+            continue
+        pieces += [text[position : run.start()], masked]
+        position = run.end()
+    return "".join(pieces) + text[position:] if pieces else text
 
 
-def _mask_card_number(value: object) -> str:
-    """Only the last four digits of a card number may be shown."""
-    digits = _SEPARATORS.sub("", str(value).strip())
-    return "*" * (len(digits) - 4) + digits[-4:]
+def redact(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``value`` as it may be quoted in an error message or a validation report.
+
+    Anything that looks like a card number (a run of 13 or more digits, as in
+    :func:`is_card_number` but whatever its Luhn check) shows at most its last four digits.
+    Text is quoted with :func:`repr`, so control characters, format characters and lone
+    surrogates are escaped and the result is plain, JSON-encodable text; at most ``limit``
+    characters of the value are shown, then ``...``. Other values are written with ``str``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = _int_text(value)
+    else:
+        text = value if isinstance(value, str) else str(value)
+    cut = len(text) > limit
+    shown = _mask_digit_runs(text[:limit] if cut else text, cut)
+    if isinstance(value, str):
+        shown = repr(shown)
+    else:
+        shown = shown.encode("ascii", "backslashreplace").decode("ascii")
+    return shown + "..." if cut else shown
+
+
+def _first_offending(text: str, allowed: Callable[[str], bool]) -> str:
+    index = next(i for i, char in enumerate(text) if not allowed(char))
+    return f"{text[index]!a} at position {index}"
+
+
+def id_format_problem(text: str) -> str | None:
+    """Why ``text`` is not a well-formed identifier, or None when it is one.
+
+    An identifier (``transaction_id``, ``card_id``, ``merchant_id``) is 1 to
+    :data:`MAX_ID_LENGTH` (128) printable ASCII characters without whitespace (``!`` to ``~``):
+    UUIDs, ``card-000042``, ``tok_AbC.9/+=:@-``. Whether it looks like a card number is
+    :func:`is_card_number`'s question, checked as well.
+    """
+    if _ID_RE.fullmatch(text):
+        return None
+    if not text:
+        return "must not be empty"
+    if len(text) > MAX_ID_LENGTH:
+        return f"must be at most {MAX_ID_LENGTH} characters, got {len(text):,}"
+    offending = _first_offending(text, lambda char: "!" <= char <= "~")
+    return f"must be printable ASCII without whitespace; found {offending}"
+
+
+def category_format_problem(text: str) -> str | None:
+    """Why ``text`` is not a valid ``category``, or None when it is one.
+
+    A category is free text of at most :data:`MAX_CATEGORY_LENGTH` (128) characters without
+    control characters or lone surrogates; whether it looks like a card number is
+    :func:`is_card_number`'s question, checked as well.
+    """
+    if len(text) > MAX_CATEGORY_LENGTH:
+        return f"must be at most {MAX_CATEGORY_LENGTH} characters, got {len(text):,}"
+    if _FORBIDDEN_TEXT_RE.search(text):
+        offending = _first_offending(text, lambda char: not _FORBIDDEN_TEXT_RE.match(char))
+        return f"must not hold control characters or lone surrogates; found {offending}"
+    return None
+
+
+def is_timestamp_text(text: str) -> bool:
+    """Whether ``text`` has the form of an ISO-8601 timestamp the contract accepts.
+
+    A calendar date (``2026-03-01``, ``20260301``), optionally followed by ``T`` or a space and
+    the time of day with an optional offset (``10:00:00``, ``10:00:00.123456Z``,
+    ``10:00+02:00``); ASCII only, no surrounding whitespace. Whether it is a real date-time
+    (no 30 February) is the parser's question, checked as well.
+    """
+    return _TIMESTAMP_TEXT_RE.fullmatch(text) is not None
+
+
+def amount_in_range(amounts: Any, max_amount: float = MAX_AMOUNT) -> Any:
+    """Whether amounts lie in ``[0, max_amount]``: a bool for a number, a mask for an array.
+
+    A zero amount is a real transaction (an account verification); NaN is never in range.
+    """
+    return (amounts >= 0) & (amounts <= max_amount)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,12 +430,19 @@ def _id_is_text(values: pd.Series) -> pd.Series | bool:
     return values.map(lambda v: isinstance(v, str) or _is_integer_value(v))
 
 
-def _id_not_blank(values: pd.Series) -> pd.Series | bool:
-    if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
-        return True
-    # As text, so that integer ids in an object column are not taken for blanks.
-    lengths = _as_text(values).str.strip().str.len()
-    return (lengths.isna() | (lengths > 0)).astype(bool)
+def _each(values: pd.Series, predicate: Callable[[Any], bool]) -> pd.Series:
+    """``predicate`` of every value, as a boolean series (a plain loop: twice as fast as map)."""
+    return pd.Series([predicate(value) for value in values.tolist()], values.index, dtype=bool)
+
+
+def _passes(text: pd.Series, problem: Callable[[str], str | None]) -> pd.Series:
+    """Which values pass a text rule; values that are not text (a "type" failure) pass here."""
+    return _each(text, lambda value: not isinstance(value, str) or problem(value) is None)
+
+
+def _id_well_formed(values: pd.Series) -> pd.Series:
+    # As text, so that integer ids are checked as the decimal text they become.
+    return _passes(_as_text(values), id_format_problem)
 
 
 def _id_unique(values: pd.Series) -> pd.Series:
@@ -293,7 +453,13 @@ def _id_unique(values: pd.Series) -> pd.Series:
 
 
 def _not_card_number(values: pd.Series) -> pd.Series:
-    return ~_card_number_mask(_as_text(values))
+    text = _as_text(values)
+    passes = pd.Series(True, index=text.index)
+    # Only text of 13 characters or more can hold 13 digits.
+    candidates = text[(text.str.len() >= MIN_PAN_DIGITS).fillna(False).astype(bool)]
+    if not candidates.empty:
+        passes[candidates.index] = ~_each(candidates, is_card_number)
+    return passes
 
 
 def _amount_is_number(values: pd.Series) -> pd.Series | bool:
@@ -307,14 +473,19 @@ def _amount_finite(values: pd.Series) -> pd.Series:
     return numbers.isna() | np.isfinite(numbers)
 
 
-def _amount_positive(values: pd.Series) -> pd.Series:
+def _amount_in_range(values: pd.Series) -> pd.Series:
     numbers = _as_number(values)
     # NaN (not a number: a "type" failure) and +-inf ("finite") are reported once, elsewhere.
-    return ~np.isfinite(numbers) | numbers.isna() | (numbers > 0)
+    return ~np.isfinite(numbers) | numbers.isna() | amount_in_range(numbers)
+
+
+def _timestamp_well_formed(value: object) -> bool:
+    # Date-times pass; text must have the accepted form, which the parser alone does not check.
+    return not isinstance(value, str) or is_timestamp_text(value)
 
 
 def _timestamp_parseable(values: pd.Series) -> pd.Series:
-    return _as_timestamps(values).notna()
+    return _as_timestamps(values).notna() & _each(values, _timestamp_well_formed)
 
 
 def _label_binary(values: pd.Series) -> pd.Series | bool:
@@ -332,6 +503,10 @@ def _category_is_text(values: pd.Series) -> pd.Series | bool:
     return values.map(lambda v: isinstance(v, str))
 
 
+def _category_well_formed(values: pd.Series) -> pd.Series:
+    return _passes(values, category_format_problem)
+
+
 def _check(function: Callable[[pd.Series], Any], name: str, message: str) -> pa.Check:
     return pa.Check(function, name=name, error=message)
 
@@ -339,12 +514,11 @@ def _check(function: Callable[[pd.Series], Any], name: str, message: str) -> pa.
 def _id_checks(column: str) -> list[pa.Check]:
     checks = [
         _check(_id_is_text, CHECK_TYPE, _TYPE_MESSAGES[column]),
-        _check(_id_not_blank, CHECK_NON_EMPTY, _MESSAGES[CHECK_NON_EMPTY]),
+        _check(_id_well_formed, CHECK_ID_FORMAT, _MESSAGES[CHECK_ID_FORMAT]),
     ]
     if column == TRANSACTION_ID:
         checks.append(_check(_id_unique, CHECK_UNIQUE, _MESSAGES[CHECK_UNIQUE]))
-    if column == CARD_ID:
-        checks.append(_check(_not_card_number, CHECK_NOT_CARD_NUMBER, PCI_MESSAGE))
+    checks.append(_check(_not_card_number, CHECK_NOT_CARD_NUMBER, PCI_MESSAGE))
     return checks
 
 
@@ -357,7 +531,7 @@ def _build_schema(labelled: bool) -> pa.DataFrameSchema:
         [
             _check(_amount_is_number, CHECK_TYPE, _TYPE_MESSAGES[AMOUNT]),
             _check(_amount_finite, CHECK_FINITE, _MESSAGES[CHECK_FINITE]),
-            _check(_amount_positive, CHECK_POSITIVE, _MESSAGES[CHECK_POSITIVE]),
+            _check(_amount_in_range, CHECK_AMOUNT_RANGE, _MESSAGES[CHECK_AMOUNT_RANGE]),
         ],
         nullable=False,
     )
@@ -368,7 +542,11 @@ def _build_schema(labelled: bool) -> pa.DataFrameSchema:
     )
     columns[CATEGORY] = pa.Column(
         None,
-        _check(_category_is_text, CHECK_TYPE, _TYPE_MESSAGES[CATEGORY]),
+        [
+            _check(_category_is_text, CHECK_TYPE, _TYPE_MESSAGES[CATEGORY]),
+            _check(_category_well_formed, CHECK_TEXT, _MESSAGES[CHECK_TEXT]),
+            _check(_not_card_number, CHECK_NOT_CARD_NUMBER, PCI_MESSAGE),
+        ],
         nullable=False,
         required=False,
     )
@@ -477,11 +655,14 @@ class ValidationReport:
         table = Table(
             title=f"invalid: {self._headline()}",
             title_justify="left",
-            caption="\n".join(
-                dict.fromkeys(
-                    f"{failure.column} / {failure.check}: {failure.message}"
-                    for failure in self.failures
-                    if failure.message
+            # Messages and values quote data: printed as they are, never read as rich markup.
+            caption=Text(
+                "\n".join(
+                    dict.fromkeys(
+                        f"{failure.column} / {failure.check}: {failure.message}"
+                        for failure in self.failures
+                        if failure.message
+                    )
                 )
             ),
             caption_justify="left",
@@ -497,7 +678,7 @@ class ValidationReport:
                 failure.check,
                 f"{failure.count:,}",
                 ", ".join(map(str, failure.examples)),
-                ", ".join(failure.values),
+                Text(", ".join(failure.values)),
             )
         return table
 
@@ -529,11 +710,6 @@ class DataValidationError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _show(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _failure_from_error(error: Any, n_rows: int) -> Failure:
     check = error.check
     check_name = _PANDERA_CHECK_NAMES.get(check, check) if isinstance(check, str) else check.name
@@ -546,11 +722,12 @@ def _failure_from_error(error: Any, n_rows: int) -> Failure:
     message = message or _MESSAGES.get(str(check_name), "")
     if not isinstance(cases, pd.DataFrame) or "index" not in cases:
         # A check that could not run at all: every row is suspect.
-        return Failure(column, str(check_name), n_rows, message=f"{message} ({cases})".strip())
+        detail = redact(cases, MAX_DETAIL_CHARS)
+        return Failure(column, str(check_name), n_rows, message=f"{message} ({detail})".strip())
     index = pd.to_numeric(cases["index"], errors="coerce").to_numpy(dtype="float64")
     present = ~np.isnan(index)
     if not present.any():
-        detail = "; ".join(map(str, cases["failure_case"]))
+        detail = "; ".join(map(redact, cases["failure_case"]))
         return Failure(column, str(check_name), n_rows, message=f"{message} ({detail})".strip())
     positions = index[present].astype(np.int64)
     values = cases["failure_case"].to_numpy()[present]
@@ -558,13 +735,12 @@ def _failure_from_error(error: Any, n_rows: int) -> Failure:
     k = min(MAX_EXAMPLES, len(positions))
     pick = np.argpartition(positions, k - 1)[:k] if len(positions) > k else np.arange(k)
     pick = pick[np.argsort(positions[pick], kind="stable")]
-    show = _mask_card_number if check_name == CHECK_NOT_CARD_NUMBER else _show
     return Failure(
         column,
         str(check_name),
         len(positions),
         examples=[int(position) for position in positions[pick]],
-        values=[show(value) for value in values[pick]],
+        values=[redact(value) for value in values[pick]],
         message=message,
         rows=tuple(np.unique(positions).tolist()),
     )

@@ -7,6 +7,7 @@ the local stack (:class:`~fraud_detection.serving.launcher.ServingStack`), score
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,19 +65,43 @@ class ScoreReport:
 
 
 def to_instance(row: dict[str, Any]) -> dict[str, Any]:
-    """A scoring instance (canonical fields, JSON types) from a transaction row."""
-    stamp = row[TIMESTAMP]
+    """A scoring instance (canonical fields, JSON types) from a transaction row.
+
+    Ids are sent as JSON strings (an integral number, also one a reader made a float, as its
+    digits: ``42`` and ``42.0`` both become ``"42"``), the amount as a JSON number, the timestamp
+    as ISO 8601 text. The request validator refuses integer ids and numeric text.
+    """
     instance = {
-        TRANSACTION_ID: str(row[TRANSACTION_ID]),
-        CARD_ID: str(row[CARD_ID]),
-        MERCHANT_ID: str(row[MERCHANT_ID]),
+        TRANSACTION_ID: id_text(row[TRANSACTION_ID]),
+        CARD_ID: id_text(row[CARD_ID]),
+        MERCHANT_ID: id_text(row[MERCHANT_ID]),
         AMOUNT: float(row[AMOUNT]),
-        TIMESTAMP: stamp.isoformat() if hasattr(stamp, "isoformat") else str(stamp),
+        TIMESTAMP: timestamp_text(row[TIMESTAMP]),
     }
     category = row.get(CATEGORY)
     if isinstance(category, str):
         instance[CATEGORY] = category
     return instance
+
+
+def id_text(value: Any) -> str:
+    """An id as text: integral numbers (``42``, ``42.0``, numpy integers) as their digits."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"an id cannot be a boolean, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def timestamp_text(value: Any) -> str:
+    """A timestamp as ISO 8601 text (text is passed through unchanged)."""
+    if isinstance(value, str):
+        return value
+    return pd.Timestamp(value).isoformat()
 
 
 def score_over_http(predict_url: str, frame: pd.DataFrame, timeout_s: float = 5.0) -> ScoreReport:
@@ -134,12 +159,23 @@ def demo_score(
     kafka: str | None = None,
     mirror: bool = True,
 ) -> ScoreReport:
-    """Start the stack, score the first ``count`` transactions of ``data``, stop everything."""
+    """Start the stack, score the first ``count`` transactions of ``data``, stop everything.
+
+    The data is historical, so the transformer runs on the event clock (its clock is the latest
+    scored timestamp) and without checkpoints: the demo's state is not kept.
+    """
     from fraud_detection.registry import default_registry_root
     from fraud_detection.serving.launcher import ServingStack, StackConfig
 
     if model_dir is None and registry is None:
         registry = default_registry_root()
-    config = StackConfig(model_dir=model_dir, registry=registry, kafka=kafka, mirror=mirror)
+    config = StackConfig(
+        model_dir=model_dir,
+        registry=registry,
+        kafka=kafka,
+        mirror=mirror,
+        clock="event",
+        state_dir=None,
+    )
     with ServingStack(config) as stack:
         return score_over_http(stack.predict_url, held_out(data, count))

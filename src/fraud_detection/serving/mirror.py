@@ -14,21 +14,50 @@ so a broker that is down or slow costs scoring nothing:
 serving process only buffers entries and a light thread pipes them over in batches, so the
 producer's pure-Python work never holds the serving process's GIL, and the child runs at idle
 CPU priority by default, so it never takes a core from a request either (:func:`set_priority`).
-Its counts come back through shared memory.
+Its counts come back through shared memory. A child that dies is restarted.
+
+Accounting: every offered record ends exactly once as *sent* (acknowledged by the broker) or
+*dropped* under one reason; until then it is *pending* (in the serving process's buffer, in the
+pipe, in the producer's queue, or in flight in the kafka-python producer). At any moment
+``offered == sent + dropped + pending`` (:class:`MirrorStats`), and :meth:`KafkaMirror.stop` /
+:meth:`ProcessMirror.stop` return only once ``pending == 0``, however slow the machine is. The
+drop reasons:
+
+* ``queue_full`` — a bounded buffer or queue was full when the record arrived;
+* ``send_failed`` — the producer refused the record (no metadata in time, full buffer, bad
+  record);
+* ``delivery_failed`` — the producer gave up on the record before it ever sent it to a broker
+  (delivery timeout while no broker was reachable, or the producer closed at stop);
+* ``stopped`` — still queued, never handed to a producer, when the mirror stopped;
+* ``producer_died`` — the producer process died (or could not be reached) before it handed the
+  record to its producer;
+* ``unconfirmed`` — the record had been sent to a broker but no acknowledgement came back: its
+  delivery timeout passed while the broker stalled, the producer was closed at stop with the
+  request outstanding, or the producer process died with it in flight (and, rarely, a broker
+  answered with an error). Its fate cannot be known: the broker may still write it. This is
+  the one reason whose records may nevertheless be in the topic; they count as dropped because
+  they were not acknowledged, and a consumer recognises a copy of a transaction it already has
+  by its ``ce_id``.
+
+Records of every other reason never reach the topic. kafka-python fails a batch that is waiting
+for the broker's answer when its delivery timeout passes, although the broker may write it
+afterwards (a stalled broker did exactly that); only a batch the producer never sent is certainly
+not written, so a failed record is classified by whether its batch was ever sent
+(:func:`_reached_broker`).
 
 Every drop is counted, by reason, in the Prometheus counter ``fraud_mirror_dropped_total`` (served
-on the KServe ``/metrics`` endpoint) and in :attr:`KafkaMirror.stats`, and logged (the first drop,
+on the KServe ``/metrics`` endpoint) and in :meth:`KafkaMirror.stats`, and logged (the first drop,
 then a summary at most every :attr:`MirrorConfig.log_interval_s`). Delivered records count in
-``fraud_mirror_sent_total``. When the broker comes back, the producer reconnects and mirroring
-resumes by itself.
+``fraud_mirror_sent_total``; ``fraud_mirror_queue_depth`` shows the whole backlog (``pending``).
+When the broker comes back, the producer reconnects and mirroring resumes by itself.
 
 Record format (what the drift monitor reads), CloudEvents binary mode over Kafka:
 
-* headers ``ce_specversion=1.0``, ``ce_id`` (unique), ``ce_type=``
-  :data:`CE_TYPE`, ``ce_source``, ``ce_inferenceservicename``, ``ce_time``, ``content-type=
-  application/json``;
-* no key (records spread over the partitions; the monitors need no per-card order, and
-  kafka-python's pure-Python key hashing would cost the serving process CPU);
+* headers ``ce_specversion=1.0``, ``ce_id`` (:func:`event_id`: the same for every record of one
+  transaction, so a consumer can drop a duplicate), ``ce_type=`` :data:`CE_TYPE`, ``ce_source``,
+  ``ce_inferenceservicename``, ``ce_time``, ``content-type=application/json``;
+* key: the transaction's ``card_id`` (UTF-8), so each card's records stay in one partition, in
+  order; the key is hashed by the producer, i.e. in the producer process, not the serving one;
 * value: JSON ``{"transaction_id", "timestamp", "features": {name: value}, "model_version",
   "fraud_probability", "is_fraud", "threshold"}``.
 """
@@ -37,6 +66,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -44,8 +74,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -57,13 +87,32 @@ log = logging.getLogger(__name__)
 
 CE_TYPE = "org.kubeflow.serving.inference.request"
 CE_SPECVERSION = "1.0"
+#: Namespace of the name-based (version 5) UUIDs that :func:`event_id` derives. Never change it:
+#: consumers match records of one transaction by the id.
+EVENT_ID_NAMESPACE = uuid.UUID("ee7ac954-1396-4b57-9021-09de01cfc22a")
 DEFAULT_SOURCE = "urn:fraud-detection:transformer"
 DEFAULT_INFERENCE_SERVICE = "fraud-detector"
 DROP_QUEUE_FULL = "queue_full"
-DROP_DELIVERY_FAILED = "delivery_failed"
 DROP_SEND_FAILED = "send_failed"
+DROP_DELIVERY_FAILED = "delivery_failed"
 DROP_STOPPED = "stopped"
+DROP_PRODUCER_DIED = "producer_died"
+DROP_UNCONFIRMED = "unconfirmed"
+#: Every reason a record can be dropped for (the ``reason`` label of ``fraud_mirror_dropped``).
+DROP_REASONS = (
+    DROP_QUEUE_FULL,
+    DROP_SEND_FAILED,
+    DROP_DELIVERY_FAILED,
+    DROP_STOPPED,
+    DROP_PRODUCER_DIED,
+    DROP_UNCONFIRMED,
+)
+#: How long a stop waits, beyond its delivery budget, for a sender thread or producer process
+#: to finish; only a hung one takes that long, and what it held is still counted.
+STOP_GRACE_S = 10.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_POLL_S = 0.2
+_BATCH = 512
 
 
 class MirrorEntry(NamedTuple):
@@ -92,6 +141,7 @@ class MirrorConfig:
         delivery_timeout_ms: how long the producer tries to deliver one record.
         request_timeout_ms: one produce request's timeout.
         linger_ms: batching delay of the producer.
+        connect_timeout_ms: how long one attempt to reach the broker may take.
         reconnect_interval_s: pause between attempts to reach an unreachable broker.
         log_interval_s: at most one drop summary per interval in the logs.
         producer_priority: CPU priority of the producer process (:func:`set_priority`).
@@ -105,9 +155,39 @@ class MirrorConfig:
     delivery_timeout_ms: int = 10_000
     request_timeout_ms: int = 3_000
     linger_ms: int = 20
+    connect_timeout_ms: int = 3_000
     reconnect_interval_s: float = 1.0
     log_interval_s: float = 10.0
     producer_priority: str = "idle"
+
+
+@dataclass
+class MirrorStats:
+    """Counts of one mirror since it started; ``offered == sent + dropped + pending``.
+
+    Attributes:
+        offered: records offered.
+        sent: records the broker acknowledged.
+        dropped: records given up on, all reasons.
+        dropped_by_reason: ``dropped`` by reason (see the module docstring).
+        pending: records accepted and not resolved yet (buffered, queued, in the pipe to the
+            producer process, or in flight in the producer); 0 once the mirror has stopped.
+        in_flight: the part of ``pending`` handed to the Kafka producer.
+    """
+
+    offered: int = 0
+    sent: int = 0
+    dropped: int = 0
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    in_flight: int = 0
+
+
+def _snapshot(offered: int, sent: int, in_flight: int, by_reason: Mapping[str, int]) -> MirrorStats:
+    """The :class:`MirrorStats` of these counts: ``pending`` is what is not resolved yet."""
+    reasons = {reason: count for reason, count in by_reason.items() if count}
+    dropped = sum(reasons.values())
+    return MirrorStats(offered, sent, dropped, reasons, offered - sent - dropped, in_flight)
 
 
 class _Metrics(NamedTuple):
@@ -136,15 +216,92 @@ def mirror_metrics() -> _Metrics:
                     "Scored transactions not mirrored to Kafka, by reason.",
                     ["reason"],
                 ),
-                queued=Gauge("fraud_mirror_queue_depth", "Mirror records waiting to be produced."),
+                queued=Gauge(
+                    "fraud_mirror_queue_depth",
+                    "Mirror records accepted and not yet acknowledged or dropped "
+                    "(buffered, queued, or in flight).",
+                ),
             )
         return _METRICS
+
+
+class _MetricsExport:
+    """Brings the Prometheus metrics up to a mirror's counts: adds what grew since last time.
+
+    Counts only grow, so the highest value exported so far is kept per counter; a snapshot older
+    than one already exported adds nothing.
+    """
+
+    def __init__(self) -> None:
+        self._metrics = mirror_metrics()
+        self._lock = threading.Lock()
+        self._exported: dict[str | None, int] = {}
+
+    def update(self, stats: MirrorStats) -> None:
+        """Add the growth of ``stats`` over what was exported; set the backlog gauge."""
+        increases: dict[str | None, int] = {}  # None: sent; a reason: dropped
+        with self._lock:
+            for reason, value in [(None, stats.sent), *stats.dropped_by_reason.items()]:
+                increase = value - self._exported.get(reason, 0)
+                if increase > 0:
+                    increases[reason] = increase
+                    self._exported[reason] = value
+        for reason, increase in increases.items():
+            if reason is None:
+                self._metrics.sent.inc(increase)
+            else:
+                self._metrics.dropped.labels(reason=reason).inc(increase)
+        self._metrics.queued.set(stats.pending)
+
+
+class _DropLog:
+    """Logs the first drop at once, then at most one summary per interval."""
+
+    def __init__(self, topic: str, interval_s: float) -> None:
+        self._topic = topic
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._seen = False
+        self._unlogged = 0
+        self._last = 0.0
+
+    def dropped(self, reason: str, count: int, exc: BaseException | None = None) -> None:
+        """Note ``count`` drops; the very first one is logged at once."""
+        with self._lock:
+            first, self._seen = not self._seen, True
+            if first:
+                self._unlogged += count - 1
+                self._last = time.monotonic()
+            else:
+                self._unlogged += count
+        if first:
+            detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            log.warning("mirror: dropped a record to %s: %s%s", self._topic, reason, detail)
+
+    def summarize(self, totals: Mapping[str, int], force: bool = False) -> None:
+        """Log the drops since the last log line, when the interval has passed (or ``force``)."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._unlogged or (not force and now - self._last < self._interval_s):
+                return
+            count, self._unlogged, self._last = self._unlogged, 0, now
+        log.warning(
+            "mirror: dropped %d more record(s) to %s; totals %s", count, self._topic, dict(totals)
+        )
 
 
 def iso_timestamp(micros: int) -> str:
     """ISO-8601 UTC text of microseconds since the epoch."""
     moment = _EPOCH + timedelta(microseconds=micros)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def event_id(transaction_id: str) -> str:
+    """The CloudEvents ``ce_id`` of a transaction's record: the same for every copy of it.
+
+    A version-5 UUID of ``transaction_id`` in :data:`EVENT_ID_NAMESPACE`, as 32 hex digits.
+    """
+    return uuid.uuid5(EVENT_ID_NAMESPACE, transaction_id).hex
 
 
 def record_value(entry: MirrorEntry, feature_names: Sequence[str] = FEATURE_NAMES) -> bytes:
@@ -162,12 +319,14 @@ def record_value(entry: MirrorEntry, feature_names: Sequence[str] = FEATURE_NAME
     )
 
 
-def record_headers(config: MirrorConfig, now: datetime | None = None) -> list[tuple[str, bytes]]:
-    """The CloudEvents binary-mode headers of one record (a fresh ``ce_id`` each call)."""
+def record_headers(
+    config: MirrorConfig, ce_id: str, now: datetime | None = None
+) -> list[tuple[str, bytes]]:
+    """The CloudEvents binary-mode headers of one record; ``ce_id`` from :func:`event_id`."""
     moment = now or datetime.now(UTC)
     return [
         ("ce_specversion", CE_SPECVERSION.encode()),
-        ("ce_id", uuid.uuid4().hex.encode()),
+        ("ce_id", ce_id.encode()),
         ("ce_type", CE_TYPE.encode()),
         ("ce_source", config.source.encode()),
         ("ce_inferenceservicename", config.inference_service.encode()),
@@ -197,76 +356,144 @@ def default_producer_factory(config: MirrorConfig) -> Any:
             config.delivery_timeout_ms, config.request_timeout_ms + config.linger_ms
         ),
         max_block_ms=1_000,
+        bootstrap_timeout_ms=config.connect_timeout_ms,
         reconnect_backoff_max_ms=1_000,
     )
 
 
-@dataclass
-class MirrorStats:
-    """Counts of one mirror since it started."""
+def _reached_broker(producer: Any, future: Any) -> bool:
+    """Whether the batch of a failed record had been sent to a broker, which may have written it.
 
-    offered: int = 0
-    sent: int = 0
-    dropped: int = 0
-    dropped_by_reason: dict[str, int] | None = None
+    kafka-python completes a record's future before it forgets the record's batch, so the batch
+    is found among the producer's incomplete ones; ``drained`` is set once the batch was taken
+    for sending. This reads kafka-python's internals (3.0); when they cannot be read, the answer
+    is the safe one: True.
+    """
+    produce_future = getattr(future, "_produce_future", None)
+    incomplete = getattr(getattr(producer, "_accumulator", None), "_incomplete", None)
+    if produce_future is None or incomplete is None:
+        return True
+    for batch in incomplete.all():
+        if batch.produce_future is produce_future:
+            return getattr(batch, "drained", True) is not None
+    return True
 
 
-class KafkaMirror:
+def _close_producer(producer: Any, flush_s: float) -> None:
+    """Deliver what ``producer`` holds within ``flush_s``, then close it and fail what is left.
+
+    kafka-python's ``close(timeout)`` raises when its own flush times out and leaves the producer
+    running (it would deliver records after they were counted), so an unfinished producer's
+    sender thread is force-closed: it fails every incomplete batch, calling the records' errbacks.
+    """
+    try:
+        producer.flush(timeout=flush_s)
+    except Exception as exc:
+        log.warning("mirror: %s: closing the producer with records still in it", exc)
+    sender = getattr(producer, "_sender", None)
+    if sender is not None and sender.is_alive():
+        sender.force_close()
+        sender.join(STOP_GRACE_S)
+    try:
+        producer.close(timeout=0)
+    except Exception as exc:  # pragma: no cover - best effort at shutdown
+        log.warning("mirror: closing the producer failed: %s", exc)
+
+
+class _DropCounts:
+    """Drop counting shared by both mirrors: ``_lock``, ``_dropped`` and ``_drop_log`` are set
+    by the mirror's ``__init__``."""
+
+    _lock: threading.Lock
+    _dropped: dict[str, int]
+    _drop_log: _DropLog
+
+    def _drop(self, reason: str, count: int, exc: BaseException | None = None) -> None:
+        """Count ``count`` records that were never in flight as dropped (and log it)."""
+        if not count:
+            return
+        with self._lock:
+            self._add_drops(reason, count)
+        self._drop_log.dropped(reason, count, exc)
+
+    def _add_drops(self, reason: str, count: int) -> None:
+        """With the lock held."""
+        if count:
+            self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+
+class KafkaMirror(_DropCounts):
     """Bounded, asynchronous mirror of scored transactions to a Kafka topic.
 
     Use :meth:`start` once, :meth:`offer` per scored transaction (never blocks), :meth:`stop` at
-    shutdown (flushes what it can within its timeout; the rest counts as dropped).
+    shutdown (delivers what it can within its timeout; every other record is counted as dropped).
+
+    ``before_send`` is called by the sender thread once records are counted in flight and before
+    they are handed to the producer: :class:`ProcessMirror`'s child publishes its counts there,
+    so its parent never mistakes a record that may have left for one that did not.
     """
 
     def __init__(
         self,
         config: MirrorConfig,
         producer_factory: Callable[[MirrorConfig], Any] = default_producer_factory,
+        before_send: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._factory = producer_factory
+        self._before_send = before_send
         self._queue: queue.Queue[MirrorEntry] = queue.Queue(maxsize=config.queue_size)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-mirror", daemon=True)
         self._lock = threading.Lock()
         self._producer: Any = None
-        self._metrics = mirror_metrics()
-        self.offered = 0
-        self.sent = 0
+        self._export = _MetricsExport()
+        self._drop_log = _DropLog(config.topic, config.log_interval_s)
+        self._offered = 0
+        self._sent = 0
         self._dropped: dict[str, int] = {}
-        self._unlogged_drops = 0
-        self._last_drop_log = 0.0
+        self._in_flight: set[int] = set()
+        self._tokens = itertools.count()
+        self._closed = False  # stop() began: new offers are refused
+        self._retired = False  # stop() took the producer: nothing more is handed to one
+        self._last_failure: tuple[Any, bool] = (None, True)
         self.connected = False
-        self._reported_unreachable = False
+        self._connect_failed = False
 
     # ------------------------------------------------------------------------ request path
     def offer(self, entry: MirrorEntry) -> bool:
         """Queue a scored transaction for mirroring; False (and counted) when it was dropped."""
-        self.offered += 1
+        with self._lock:
+            self._offered += 1
+        if self._closed:
+            self._drop(DROP_STOPPED, 1)
+            return False
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            self._drop(DROP_QUEUE_FULL)
+            self._drop(DROP_QUEUE_FULL, 1)
             return False
+        if self._retired:  # stop() swept the queue while this entry was on its way in
+            self._discard_queue()
         return True
 
     # ------------------------------------------------------------------------ introspection
+    def stats(self) -> MirrorStats:
+        """A consistent snapshot of the counts (and the Prometheus metrics brought up to it)."""
+        with self._lock:
+            stats = _snapshot(self._offered, self._sent, len(self._in_flight), self._dropped)
+        self._export.update(stats)
+        return stats
+
     @property
     def dropped(self) -> int:
         """Records dropped so far, all reasons."""
-        with self._lock:
-            return sum(self._dropped.values())
-
-    def stats(self) -> MirrorStats:
-        """A snapshot of the counts."""
-        with self._lock:
-            by_reason = dict(self._dropped)
-            return MirrorStats(self.offered, self.sent, sum(by_reason.values()), by_reason)
+        return self.stats().dropped
 
     @property
     def pending(self) -> int:
-        """Entries waiting in the queue."""
-        return self._queue.qsize()
+        """Records accepted and not resolved yet (queued or in flight)."""
+        return self.stats().pending
 
     # ------------------------------------------------------------------------ lifecycle
     @property
@@ -281,30 +508,51 @@ class KafkaMirror:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop: deliver what can be delivered within ``timeout_s``, count the rest as dropped."""
+        """Deliver what can be delivered within ``timeout_s``, then resolve every other record.
+
+        Returns once nothing is pending: records still queued count as ``stopped``, those the
+        producer never sent as ``delivery_failed``, those sent but not acknowledged as
+        ``unconfirmed``. A sender thread in a bounded wait (connecting, waiting for metadata)
+        can make the stop take longer than ``timeout_s``; the counts are exact either way.
+        """
         deadline = time.monotonic() + timeout_s
-        while self._queue.qsize() and self.connected and time.monotonic() < deadline:
+        self._closed = True
+        while (
+            self._queue.unfinished_tasks  # queued, or taken and not yet handed to the producer
+            and self._thread.is_alive()
+            and not self._connect_failed
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(max(deadline - time.monotonic(), 0.1))
-        producer, self._producer = self._producer, None
+            self._thread.join(max(deadline - time.monotonic(), 0.0) + STOP_GRACE_S)
+        with self._lock:
+            self._retired = True
+            producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.flush(timeout=max(deadline - time.monotonic(), 0.1))
-            except Exception as exc:
-                log.warning("mirror: flush at stop failed: %s", exc)
-            try:
-                producer.close(timeout=1)
-            except Exception as exc:  # pragma: no cover - best effort at shutdown
-                log.debug("mirror: close failed: %s", exc)
-        while True:
-            try:
+            _close_producer(producer, max(deadline - time.monotonic(), 0.0))
+        self._sweep()
+        self._drop_log.summarize(self.stats().dropped_by_reason, force=True)
+
+    def _sweep(self) -> None:
+        """Resolve what the closed producer left unanswered, and what is still queued."""
+        with self._lock:
+            unanswered = len(self._in_flight)
+            self._in_flight.clear()
+            self._add_drops(DROP_UNCONFIRMED, unanswered)
+        if unanswered:
+            self._drop_log.dropped(DROP_UNCONFIRMED, unanswered)
+        self._discard_queue()
+
+    def _discard_queue(self) -> None:
+        discarded = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
                 self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._drop(DROP_STOPPED)
-        self._log_drops(force=True)
+                discarded += 1
+        self._drop(DROP_STOPPED, discarded)
+        self._done(discarded)
 
     # ------------------------------------------------------------------------ sender thread
     def _run(self) -> None:
@@ -312,21 +560,16 @@ class KafkaMirror:
             if self._producer is None and not self._connect():
                 self._stopping.wait(self.config.reconnect_interval_s)
                 continue
-            try:
-                entry = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                self._metrics.queued.set(0)
-                self._log_drops()
-                continue
-            self._send(entry)
-            self._metrics.queued.set(self._queue.qsize())
-            self._log_drops()
+            batch = self._take_batch()
+            if batch:
+                self._send_batch(batch)
+            self._drop_log.summarize(self.stats().dropped_by_reason)
 
     def _connect(self) -> bool:
         try:
-            self._producer = self._factory(self.config)
+            producer = self._factory(self.config)
         except Exception as exc:
-            if self.connected or not self._reported_unreachable:
+            if self.connected or not self._connect_failed:
                 log.warning(
                     "mirror: cannot reach Kafka at %s (%s: %s); retrying every %.1f s",
                     self.config.bootstrap,
@@ -334,70 +577,118 @@ class KafkaMirror:
                     exc,
                     self.config.reconnect_interval_s,
                 )
-                self._reported_unreachable = True
             self.connected = False
-            self._log_drops()
+            self._connect_failed = True
+            self._drop_log.summarize(self.stats().dropped_by_reason)
+            return False
+        with self._lock:
+            retired = self._retired
+            if not retired:
+                self._producer = producer
+        if retired:  # stop() ran out of patience while this thread was connecting
+            _close_producer(producer, 0.0)
             return False
         self.connected = True
-        self._reported_unreachable = False
+        self._connect_failed = False
         log.info("mirror: producing to %s on %s", self.config.topic, self.config.bootstrap)
         return True
 
-    def _send(self, entry: MirrorEntry) -> None:
+    def _take_batch(self) -> list[tuple[int, MirrorEntry]]:
+        """Up to a batch of queued entries, counted in flight (each with its token)."""
         try:
-            future = self._producer.send(
+            entries = [self._queue.get(timeout=_POLL_S)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while len(entries) < _BATCH:
+                entries.append(self._queue.get_nowait())
+        with self._lock:
+            if not self._retired:
+                tokens = [next(self._tokens) for _ in entries]
+                self._in_flight.update(tokens)
+                return list(zip(tokens, entries, strict=True))
+        self._drop(DROP_STOPPED, len(entries))
+        self._done(len(entries))
+        return []
+
+    def _send_batch(self, batch: list[tuple[int, MirrorEntry]]) -> None:
+        """Hand a batch to the producer; once a stop gave up waiting (the broker is unreachable
+        and each send may wait for metadata), the rest of the batch counts as ``stopped``."""
+        if self._before_send is not None:
+            self._before_send()
+        producer = self._producer
+        for token, entry in batch:
+            if self._stopping.is_set():
+                self._resolve(token, DROP_STOPPED)
+            else:
+                self._send(producer, token, entry)
+            self._done(1)
+
+    def _done(self, count: int) -> None:
+        """Mark ``count`` entries taken from the queue as handed over (or dropped)."""
+        for _ in range(count):
+            self._queue.task_done()
+
+    def _send(self, producer: Any, token: int, entry: MirrorEntry) -> None:
+        try:
+            future = producer.send(
                 self.config.topic,
+                key=entry.card_id.encode(),
                 value=record_value(entry),
-                headers=record_headers(self.config),
+                headers=record_headers(self.config, event_id(entry.transaction_id)),
             )
         except Exception as exc:
-            self._drop(DROP_SEND_FAILED, exc)
+            self._resolve(token, DROP_SEND_FAILED, exc)
             return
-        future.add_callback(self._on_sent)
-        future.add_errback(self._on_error)
+        if future.is_done and future.failed():  # refused before it joined a batch
+            self._resolve(token, DROP_SEND_FAILED, future.exception)
+            return
+        future.add_callback(self._on_sent, token)
+        future.add_errback(self._on_error, token, producer, future)
 
-    def _on_sent(self, _metadata: Any) -> None:
+    def _on_sent(self, token: int, _metadata: Any) -> None:
+        self._resolve(token, None)
+
+    def _on_error(self, token: int, producer: Any, future: Any, exc: BaseException) -> None:
+        produce_future = getattr(future, "_produce_future", None)
+        last_batch, reached = self._last_failure  # the records of one batch fail together
+        if produce_future is None or produce_future is not last_batch:
+            reached = _reached_broker(producer, future)
+            self._last_failure = (produce_future, reached)
+        self._resolve(token, DROP_UNCONFIRMED if reached else DROP_DELIVERY_FAILED, exc)
+
+    # ------------------------------------------------------------------------ accounting
+    def _resolve(self, token: int, reason: str | None, exc: BaseException | None = None) -> None:
+        """Count an in-flight record as sent (``reason`` None) or dropped; only its first outcome
+        counts (a record resolved at stop may still get a late answer from the producer)."""
         with self._lock:
-            self.sent += 1
-        self._metrics.sent.inc()
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._drop(DROP_DELIVERY_FAILED, exc)
-
-    def _drop(self, reason: str, exc: BaseException | None = None) -> None:
-        with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + 1
-            self._unlogged_drops += 1
-            first = sum(self._dropped.values()) == 1
-        self._metrics.dropped.labels(reason=reason).inc()
-        if first:
-            detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-            log.warning("mirror: dropped a record to %s: %s%s", self.config.topic, reason, detail)
-            with self._lock:
-                self._unlogged_drops = 0
-                self._last_drop_log = time.monotonic()
-
-    def _log_drops(self, force: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if not self._unlogged_drops:
+            if token not in self._in_flight:
                 return
-            if not force and now - self._last_drop_log < self.config.log_interval_s:
-                return
-            count, self._unlogged_drops = self._unlogged_drops, 0
-            self._last_drop_log = now
-            totals = dict(self._dropped)
-        log.warning(
-            "mirror: dropped %d more record(s) to %s; totals %s", count, self.config.topic, totals
-        )
+            self._in_flight.remove(token)
+            if reason is None:
+                self._sent += 1
+            else:
+                self._add_drops(reason, 1)
+        if reason is not None:
+            self._drop_log.dropped(reason, 1, exc)
 
 
 # ------------------------------------------------------------------------- producer process
-#: Order of the counters a producer process shares with its parent: sent, then drop reasons.
-_SHARED_COUNTERS = ("sent", DROP_QUEUE_FULL, DROP_DELIVERY_FAILED, DROP_SEND_FAILED, DROP_STOPPED)
-_BATCH = 512
+#: The counts a producer process publishes to its parent, in this order (see :class:`_Shared`).
+_SHARED_FIELDS = (
+    "offered",
+    "sent",
+    "in_flight",
+    DROP_QUEUE_FULL,
+    DROP_SEND_FAILED,
+    DROP_DELIVERY_FAILED,
+    DROP_STOPPED,
+    DROP_UNCONFIRMED,
+)
 #: How often the serving process hands buffered mirror entries to the producer process.
 FORWARD_INTERVAL_S = 0.02
+#: How long an orphaned producer process (its parent gone) tries to deliver what it holds.
+_ORPHAN_STOP_S = 5.0
 #: CPU priorities of the producer process (see :func:`set_priority`).
 PRIORITIES = ("idle", "low", "normal")
 _LOW_NICENESS = 10
@@ -423,49 +714,109 @@ def set_priority(priority: str) -> None:
         log.warning("mirror: could not set the producer's priority to %s: %s", priority, exc)
 
 
-def _producer_process(config: MirrorConfig, connection: Any, counters: Any) -> None:
-    """Child process: feed batches from the pipe into a :class:`KafkaMirror`; share its counts."""
+class _Shared:
+    """Counts one producer process publishes to its parent, through shared memory.
+
+    Two slots and a sequence number: the writer fills the slot the sequence does not point to,
+    then advances the sequence, so a reader always gets one complete snapshot, even after the
+    writer was killed in the middle of a write. One writer; any number of readers.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self._width = len(_SHARED_FIELDS)
+
+    @classmethod
+    def allocate(cls, context: Any) -> _Shared:
+        """Zeroed counts in memory shared with the processes of ``context``."""
+        return cls(context.Array("q", 1 + 2 * len(_SHARED_FIELDS), lock=False))
+
+    def _slot(self, sequence: int) -> slice:
+        start = 1 + (sequence % 2) * self._width
+        return slice(start, start + self._width)
+
+    def publish(self, stats: MirrorStats) -> None:
+        """Publish a snapshot of the producer's counts."""
+        values = [stats.offered, stats.sent, stats.in_flight]
+        values += [stats.dropped_by_reason.get(reason, 0) for reason in _SHARED_FIELDS[3:]]
+        sequence = self.array[0] + 1
+        self.array[self._slot(sequence)] = values
+        self.array[0] = sequence
+
+    def read(self) -> dict[str, int]:
+        """The last complete snapshot, by name (:data:`_SHARED_FIELDS`)."""
+        while True:
+            sequence = self.array[0]
+            values = self.array[self._slot(sequence)]
+            if self.array[0] == sequence:
+                return dict(zip(_SHARED_FIELDS, values, strict=True))
+
+
+def _producer_process(config: MirrorConfig, connection: Any, shared_array: Any) -> None:
+    """Child process: offer the batches from the pipe to a :class:`KafkaMirror`; publish its
+    counts before each hand-over to the producer and after each batch; stop when asked."""
     set_priority(config.producer_priority)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
-    mirror = KafkaMirror(config).start()
-    stop_within = 5.0
+    shared = _Shared(shared_array)
+    publishing = threading.Lock()
 
     def publish() -> None:
-        stats = mirror.stats()
-        by_reason = stats.dropped_by_reason or {}
-        counters[0] = stats.sent
-        for index, reason in enumerate(_SHARED_COUNTERS[1:], start=1):
-            counters[index] = by_reason.get(reason, 0)
+        with publishing:  # snapshot and write together, so a newer one is never overwritten
+            shared.publish(mirror.stats())
 
+    mirror = KafkaMirror(config, before_send=publish)
+    mirror.start()
+    stop_within = _ORPHAN_STOP_S
     try:
-        while True:
-            try:
-                ready = connection.poll(0.2)
-                batch = connection.recv() if ready else []
-            except (EOFError, OSError):
-                break  # the serving process is gone
-            if isinstance(batch, tuple):  # ("stop", seconds)
-                stop_within = batch[1]
-                break
-            for entry in batch:
-                mirror.offer(entry)
-            publish()
+        stop_within = _relay(connection, mirror, publish)
     finally:
         mirror.stop(timeout_s=stop_within)
         publish()
 
 
-class ProcessMirror:
+def _relay(connection: Any, mirror: KafkaMirror, publish: Callable[[], None]) -> float:
+    """Offer what the parent sends until it asks to stop; the delivery budget it gives."""
+    while True:
+        try:
+            message = connection.recv() if connection.poll(_POLL_S) else []
+        except (EOFError, OSError):
+            log.warning("mirror: the serving process is gone; stopping")
+            return _ORPHAN_STOP_S
+        if isinstance(message, tuple):  # ("stop", seconds)
+            return float(message[1])
+        for entry in message:
+            mirror.offer(entry)
+        publish()
+
+
+@dataclass
+class _Child:
+    """One producer process and what this process knows of it."""
+
+    process: Any
+    connection: Any
+    shared: _Shared
+    forwarded: int = 0  # records written to its pipe
+    killed: bool = False  # by the stop's watchdog
+    settled_as: str | None = None  # the reason its unresolved records were counted under
+
+
+class ProcessMirror(_DropCounts):
     """A :class:`KafkaMirror` in a child process, fed through a pipe; same interface.
 
     The request path pays one append to a bounded in-process buffer (no lock, no wake-up); a
     forwarding thread wakes every :data:`FORWARD_INTERVAL_S` and sends what accumulated to the
     child in one batch, so the serving thread and the forwarder rarely compete for the GIL. A
-    full buffer drops (counted here); the child's drops (delivery failures, its own full queue)
-    come back through shared counters and are added to this process's Prometheus counters,
-    which ``/metrics`` serves. A child that dies is restarted.
+    full buffer drops (counted here). The child's counts come back through shared memory
+    (:class:`_Shared`) and are added to this process's Prometheus metrics, which ``/metrics``
+    serves.
+
+    A child that dies is restarted. Its last published counts are kept; what it had been given
+    and had not resolved is counted here: records it had handed to its producer as
+    ``unconfirmed``, the others as ``producer_died``. It publishes before each hand-over, so a
+    record that may have reached the broker is never counted as ``producer_died``.
     """
 
     def __init__(self, config: MirrorConfig) -> None:
@@ -473,56 +824,67 @@ class ProcessMirror:
         self._context = multiprocessing.get_context("spawn")
         self._buffer: collections.deque[MirrorEntry] = collections.deque()
         self._capacity = config.queue_size
-        self._counters = self._context.Array("d", len(_SHARED_COUNTERS))
-        self._seen = [0.0] * len(_SHARED_COUNTERS)
-        self._base = [0.0] * len(_SHARED_COUNTERS)
-        self._process: Any = None
-        self._connection: Any = None
+        self._child: _Child | None = None
         self._thread = threading.Thread(target=self._forward, name="kafka-mirror-pipe", daemon=True)
         self._stopping = threading.Event()
+        self._closed = False
         self._lock = threading.Lock()
-        self._metrics = mirror_metrics()
-        self.offered = 0
-        self._local_drops: dict[str, int] = {}
+        self._export = _MetricsExport()
+        self._drop_log = _DropLog(config.topic, config.log_interval_s)
+        self._offered = 0
+        self._sent = 0  # by children that ended
+        self._dropped: dict[str, int] = {}  # here, and by children that ended
 
+    # ------------------------------------------------------------------------ request path
     def offer(self, entry: MirrorEntry) -> bool:
         """Queue a scored transaction for mirroring; False (and counted) when it was dropped."""
-        self.offered += 1
-        if len(self._buffer) >= self._capacity:
-            self._drop_locally(DROP_QUEUE_FULL)
+        self._offered += 1
+        if self._closed or len(self._buffer) >= self._capacity:
+            self._drop(DROP_STOPPED if self._closed else DROP_QUEUE_FULL, 1)
             return False
         self._buffer.append(entry)
+        if self._closed:  # stop() emptied the buffer while this entry was on its way in
+            self._discard_buffer()
         return True
 
-    def _drop_locally(self, reason: str, count: int = 1) -> None:
-        with self._lock:
-            first = not self._local_drops
-            self._local_drops[reason] = self._local_drops.get(reason, 0) + count
-        self._metrics.dropped.labels(reason=reason).inc(count)
-        if first:
-            log.warning("mirror: dropped a record to %s: %s", self.config.topic, reason)
-
-    @property
-    def pending(self) -> int:
-        """Entries waiting in this process's buffer."""
-        return len(self._buffer)
-
+    # ------------------------------------------------------------------------ introspection
     def stats(self) -> MirrorStats:
-        """A snapshot of the counts (this process's and the producer process's)."""
-        self._sync()
+        """A snapshot of the counts, this process's and the producer process's (and the
+        Prometheus metrics brought up to it)."""
         with self._lock:
-            by_reason = dict(self._local_drops)
-            totals = [base + seen for base, seen in zip(self._base, self._seen, strict=True)]
-        for reason, value in zip(_SHARED_COUNTERS[1:], totals[1:], strict=True):
-            if value:
-                by_reason[reason] = by_reason.get(reason, 0) + int(value)
-        return MirrorStats(self.offered, int(totals[0]), sum(by_reason.values()), by_reason)
+            sent, by_reason, in_flight = self._sent, dict(self._dropped), 0
+            child = self._child
+            if child is not None and child.settled_as is None:
+                counts = child.shared.read()
+                sent += counts["sent"]
+                in_flight = counts["in_flight"]
+                for reason in _SHARED_FIELDS[3:]:
+                    by_reason[reason] = by_reason.get(reason, 0) + counts[reason]
+        stats = _snapshot(self._offered, sent, in_flight, by_reason)
+        self._export.update(stats)
+        return stats
 
     @property
     def dropped(self) -> int:
         """Records dropped so far, all reasons."""
         return self.stats().dropped
 
+    @property
+    def pending(self) -> int:
+        """Records accepted and not resolved yet, here, in the pipe or in the producer process."""
+        return self.stats().pending
+
+    @property
+    def buffered(self) -> int:
+        """Entries in this process's buffer, not yet handed to the producer process."""
+        return len(self._buffer)
+
+    @property
+    def producer_pid(self) -> int | None:
+        """The current producer process's pid (None before :meth:`start`)."""
+        return None if self._child is None else self._child.process.pid
+
+    # ------------------------------------------------------------------------ lifecycle
     @property
     def started(self) -> bool:
         """Whether :meth:`start` was called."""
@@ -531,45 +893,96 @@ class ProcessMirror:
     def start(self) -> ProcessMirror:
         """Start the producer process and the forwarding thread (once); returns ``self``."""
         if not self.started:
-            self._spawn()
+            self._child = self._spawn()
             self._thread.start()
         return self
 
-    def _spawn(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Hand over what is buffered, let the producer deliver what it can within ``timeout_s``
+        and stop; returns once every offered record is counted as sent or dropped.
+
+        A producer process that has not exited :data:`STOP_GRACE_S` after ``timeout_s`` is
+        killed; what it had not resolved is then counted as ``stopped`` (``unconfirmed`` for
+        what it had handed to its producer).
+        """
+        deadline = time.monotonic() + timeout_s
+        self._closed = True
+        self._stopping.set()
+        watchdog = threading.Timer(timeout_s + STOP_GRACE_S, self._kill_child)
+        watchdog.daemon = True
+        watchdog.start()
+        child: _Child | None = None
+        try:
+            if self._thread.is_alive():
+                self._thread.join()  # a send blocked on a hung child ends when it is killed
+            child = self._child
+            if child is not None and child.settled_as is None:
+                self._hand_over(child)
+                with contextlib.suppress(OSError):
+                    child.connection.send(("stop", max(deadline - time.monotonic(), 0.0)))
+                child.process.join()  # the watchdog kills a child that does not exit
+        finally:
+            watchdog.cancel()
+        if child is not None:
+            self._settle(child, DROP_STOPPED if child.killed else DROP_PRODUCER_DIED)
+            with contextlib.suppress(OSError):
+                child.connection.close()
+        self._discard_buffer()
+        self._drop_log.summarize(self.stats().dropped_by_reason, force=True)
+
+    # ------------------------------------------------------------------------ forwarding thread
+    def _forward(self) -> None:
+        while not self._stopping.wait(FORWARD_INTERVAL_S):
+            child = self._child
+            if child is None:
+                continue
+            if not child.process.is_alive():
+                child = self._replace(child)
+            self._hand_over(child)
+            self._drop_log.summarize(self.stats().dropped_by_reason)
+
+    def _spawn(self) -> _Child:
         receiver, sender = self._context.Pipe(duplex=False)
-        for index in range(len(_SHARED_COUNTERS)):
-            self._counters[index] = 0.0
-        self._process = self._context.Process(
+        shared = _Shared.allocate(self._context)
+        process = self._context.Process(
             target=_producer_process,
-            args=(self.config, receiver, self._counters),
+            args=(self.config, receiver, shared.array),
             name="kafka-mirror-producer",
             daemon=True,
         )
-        self._process.start()
+        process.start()
         receiver.close()
-        self._connection = sender
+        return _Child(process, sender, shared)
 
-    def _sync(self) -> None:
-        """Add the producer process's new counts to this process's Prometheus counters."""
-        current = list(self._counters[:])
-        with self._lock:
-            deltas = [max(now - seen, 0.0) for now, seen in zip(current, self._seen, strict=True)]
-            self._seen = current
-        if deltas[0]:
-            self._metrics.sent.inc(deltas[0])
-        for reason, delta in zip(_SHARED_COUNTERS[1:], deltas[1:], strict=True):
-            if delta:
-                self._metrics.dropped.labels(reason=reason).inc(delta)
-
-    def _restart(self) -> None:
-        self._sync()
-        with self._lock:
-            self._base = [base + seen for base, seen in zip(self._base, self._seen, strict=True)]
-            self._seen = [0.0] * len(_SHARED_COUNTERS)
-        log.error("mirror: the producer process exited (%s); restarting it", self._process.exitcode)
+    def _replace(self, dead: _Child) -> _Child:
+        """Count what a dead producer process left unresolved and start another one."""
+        dead.process.join()
+        log.error("mirror: the producer process exited (%s); restarting it", dead.process.exitcode)
+        self._settle(dead, DROP_PRODUCER_DIED)
         with contextlib.suppress(OSError):
-            self._connection.close()
-        self._spawn()
+            dead.connection.close()
+        child = self._spawn()
+        self._child = child
+        return child
+
+    def _hand_over(self, child: _Child) -> None:
+        """Send the buffered entries to ``child`` in batches; count what could not be sent."""
+        while batch := self._take():
+            try:
+                child.connection.send(batch)
+            except OSError as exc:  # the pipe is broken: the child is gone
+                self._drop(DROP_PRODUCER_DIED, len(batch), exc)
+                continue
+            except Exception as exc:
+                log.error("mirror: could not hand entries to the producer process: %s", exc)
+                self._drop(DROP_SEND_FAILED, len(batch), exc)
+                continue
+            with self._lock:
+                settled_as = child.settled_as
+                if settled_as is None:
+                    child.forwarded += len(batch)
+            if settled_as is not None:  # settled while the batch was on its way
+                self._drop(settled_as, len(batch))
 
     def _take(self) -> list[MirrorEntry]:
         batch: list[MirrorEntry] = []
@@ -578,41 +991,43 @@ class ProcessMirror:
                 batch.append(self._buffer.popleft())
         return batch
 
-    def _forward(self) -> None:
-        while not self._stopping.wait(FORWARD_INTERVAL_S):
-            self._forward_once()
+    # ------------------------------------------------------------------------ accounting
+    def _settle(self, child: _Child, reason: str) -> None:
+        """Fold an exited producer process's final counts into this process's, once.
 
-    def _forward_once(self) -> None:
-        while batch := self._take():
-            if not self._process.is_alive():
-                self._restart()
-            try:
-                self._connection.send(batch)
-            except (OSError, ValueError):
-                self._drop_locally(DROP_SEND_FAILED, len(batch))
-        self._metrics.queued.set(len(self._buffer))
-        self._sync()
+        What it had handed to its producer and not resolved counts as ``unconfirmed``; what it
+        was sent and never handed over (in the pipe or its queue) counts under ``reason``.
+        """
+        counts = child.shared.read()
+        with self._lock:
+            if child.settled_as is not None:
+                return
+            child.settled_as = reason
+            resolved = counts["sent"] + sum(counts[name] for name in _SHARED_FIELDS[3:])
+            unreached = child.forwarded - resolved - counts["in_flight"]
+            self._sent += counts["sent"]
+            for name in _SHARED_FIELDS[3:]:
+                self._add_drops(name, counts[name])
+            self._add_drops(DROP_UNCONFIRMED, counts["in_flight"])
+            self._add_drops(reason, max(unreached, 0))
+        if unreached < 0:
+            log.error("mirror: the producer process reported %d more records", -unreached)
+        if counts["in_flight"]:
+            self._drop_log.dropped(DROP_UNCONFIRMED, counts["in_flight"])
+        if unreached > 0:
+            self._drop_log.dropped(reason, unreached)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Hand over what is queued, let the producer flush, then stop it."""
-        deadline = time.monotonic() + timeout_s
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(1.0)
-        if self._process is not None:
-            self._forward_once()  # hand over what is still buffered
-        leftover = len(self._buffer)
-        self._buffer.clear()
-        if leftover:
-            self._drop_locally(DROP_STOPPED, leftover)
-        if self._process is not None:
-            remaining = max(deadline - time.monotonic(), 0.5)
-            with contextlib.suppress(OSError, ValueError):
-                self._connection.send(("stop", 0.8 * remaining))
-            self._process.join(remaining + 1.0)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(2.0)
-            self._sync()
-            with contextlib.suppress(OSError):
-                self._connection.close()
+    def _kill_child(self) -> None:
+        child = self._child
+        if child is not None and child.process.is_alive():
+            log.error("mirror: the producer process did not stop in time; killing it")
+            child.killed = True
+            child.process.kill()
+
+    def _discard_buffer(self) -> None:
+        discarded = 0
+        with contextlib.suppress(IndexError):
+            while True:
+                self._buffer.popleft()
+                discarded += 1
+        self._drop(DROP_STOPPED, discarded)

@@ -12,6 +12,10 @@ Protocols (rows are feature vectors in :data:`~fraud_detection.features.FEATURE_
 * v2: one input tensor ``features`` (FP32/FP64, shape ``[rows, n]``) → one output tensor
   ``fraud_probability`` (FP32, shape ``[rows]``), ``model_version`` set.
 
+Malformed rows get a 4xx naming the field, never a 5xx: rows of the wrong length, values that
+are not JSON numbers (text, booleans, null), non-finite or out-of-range numbers, no rows, a
+tensor whose shape or datatype does not fit, or more than ``--max_rows`` rows (413).
+
 Model updates: when serving the registry's current model, a watcher thread loads the new bundle
 when ``current`` changes and swaps it in; ``SIGHUP`` forces a reload. Requests in flight finish
 on the model they started with.
@@ -41,40 +45,133 @@ from fraud_detection.serving.model import (
 )
 from fraud_detection.serving.requests import RequestError
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with `python -m`, this module is __main__.
+log = logging.getLogger("fraud_detection.serving.predictor")
 
 DEFAULT_MODEL_NAME = "fraud-detector"
 FEATURES_INPUT = "features"
 PROBABILITY_OUTPUT = "fraud_probability"
+#: Most feature rows scored per request (larger batches get 413; the body limit bounds it too).
+DEFAULT_MAX_ROWS = 10_000
+#: v2 datatypes the predictor reads as feature values.
+NUMERIC_DATATYPES = frozenset(
+    {
+        "FP16",
+        "FP32",
+        "FP64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+    }
+)
+_NUMBER_TYPES = frozenset({int, float})
 
 
-def rows_from_v1(payload: Any, n_features: int) -> np.ndarray:
+def rows_from_v1(payload: Any, n_features: int, max_rows: int = DEFAULT_MAX_ROWS) -> np.ndarray:
     """The feature matrix of a v1 body; :class:`RequestError` naming the problem otherwise."""
     if not isinstance(payload, dict):
         raise RequestError.single("body", "must be a JSON object with instances")
     key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
     if key is None:
         raise RequestError.single("instances", "is required")
-    return _matrix(payload[key], key, n_features)
+    values = payload[key]
+    if not isinstance(values, list):
+        raise RequestError.single(key, f"must be an array of rows of {n_features} numbers")
+    if values and _is_number_row(values):
+        values = [values]  # one row, sent flat
+    _check_row_count(len(values), key, max_rows)
+    for index, row in enumerate(values):
+        if not isinstance(row, list) or len(row) != n_features:
+            found = f"has {len(row)} values" if isinstance(row, list) else "is not an array"
+            raise RequestError.single(
+                key, f"must be rows of {n_features} numbers; row {index} {found}"
+            )
+        if not _is_number_row(row):
+            raise RequestError.single(
+                key, f"must be rows of numbers; row {index} holds something else"
+            )
+    return _matrix(values, key, n_features)
+
+
+def _is_number_row(values: list[Any]) -> bool:
+    """Whether every value is a JSON number (booleans and numeric text are not)."""
+    return set(map(type, values)) <= _NUMBER_TYPES
+
+
+def _check_row_count(rows: int, where: str, max_rows: int) -> None:
+    if rows == 0:
+        raise RequestError.single(where, "must not be empty")
+    if rows > max_rows:
+        raise RequestError.single(where, f"{rows} rows; at most {max_rows} per request", status=413)
+
+
+def _flat_numbers(data: list[Any], where: str) -> None:
+    """Refuse v2 JSON tensor data (flat or nested) holding anything but numbers."""
+    stack = [data]
+    while stack:
+        values = stack.pop()
+        nested = [value for value in values if isinstance(value, list)]
+        if nested:
+            if len(nested) != len(values):
+                raise RequestError.single(where, "must not mix numbers and arrays")
+            stack.extend(nested)
+        elif not _is_number_row(values):
+            raise RequestError.single(where, "must contain only numbers")
 
 
 def _matrix(values: Any, where: str, n_features: int) -> np.ndarray:
-    if isinstance(values, list | tuple) and not values:
-        raise RequestError.single(where, "must not be empty")
     try:
         matrix = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RequestError.single(where, f"must be rows of {n_features} numbers ({exc})") from None
+    except (TypeError, ValueError, OverflowError):
+        raise RequestError.single(
+            where, f"must be rows of {n_features} numbers within the 64-bit float range"
+        ) from None
     if matrix.ndim == 1 and matrix.size == n_features:
         matrix = matrix.reshape(1, n_features)
     if matrix.ndim != 2 or matrix.shape[1] != n_features:
         raise RequestError.single(
             where, f"must have shape [rows, {n_features}], got {list(matrix.shape)}"
         )
+    if matrix.shape[0] == 0:
+        raise RequestError.single(where, "must not be empty")
     if not np.isfinite(matrix).all():
         row = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
         raise RequestError.single(f"{where}[{row}]", "must contain only finite numbers")
     return matrix
+
+
+def rows_from_v2_input(
+    infer_input: Any, n_features: int, max_rows: int = DEFAULT_MAX_ROWS
+) -> np.ndarray:
+    """The feature matrix of a v2 input tensor; :class:`RequestError` naming the problem else."""
+    where = f"inputs.{infer_input.name}"
+    if infer_input.datatype not in NUMERIC_DATATYPES:
+        raise RequestError.single(
+            f"{where}.datatype", "must be a numeric datatype such as FP32 or FP64"
+        )
+    shape = infer_input.shape
+    if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise RequestError.single(f"{where}.shape", "must be a list of sizes (whole numbers >= 0)")
+    if isinstance(infer_input.data, list):
+        _flat_numbers(infer_input.data, where)
+    try:
+        values = infer_input.as_numpy()
+    except Exception:
+        raise RequestError.single(
+            where, f"cannot be read as a tensor of its shape {_shape_text(infer_input.shape)}"
+        ) from None
+    matrix = _matrix(values, where, n_features)
+    _check_row_count(matrix.shape[0], where, max_rows)
+    return matrix
+
+
+def _shape_text(shape: Any) -> str:
+    return str(shape)[:40]
 
 
 def make_predictor(
@@ -82,9 +179,10 @@ def make_predictor(
     source: BundleSource,
     runtime: str = "auto",
     reload_interval_s: float = 2.0,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Any:
     """A ``kserve.Model`` serving ``source``'s bundle (not loaded yet: call ``load()``)."""
-    return _predictor_class()(name, source, runtime, reload_interval_s)
+    return _predictor_class()(name, source, runtime, reload_interval_s, max_rows)
 
 
 def _predictor_class() -> type:
@@ -96,12 +194,18 @@ def _predictor_class() -> type:
         """Fraud probability of each feature row, from the current bundle's model."""
 
         def __init__(
-            self, name: str, source: BundleSource, runtime: str, reload_interval_s: float
+            self,
+            name: str,
+            source: BundleSource,
+            runtime: str,
+            reload_interval_s: float,
+            max_rows: int,
         ) -> None:
             super().__init__(name)
             self.source = source
             self.runtime = runtime
             self.reload_interval_s = reload_interval_s
+            self.max_rows = max_rows
             self.scoring_model: ScoringModel | None = None
             self.watcher: BundleWatcher | None = None
 
@@ -143,7 +247,7 @@ def _predictor_class() -> type:
                 raise InferenceError("no model loaded")
             if isinstance(payload, InferRequest):
                 return self._predict_v2(model, payload)
-            matrix = rows_from_v1(payload, model.n_features)
+            matrix = rows_from_v1(payload, model.n_features, self.max_rows)
             try:
                 probabilities = model.predict_proba(matrix).tolist()
             except Exception as exc:
@@ -156,13 +260,7 @@ def _predictor_class() -> type:
                 if len(payload.inputs) != 1:
                     raise RequestError.single("inputs", f"needs one input named {FEATURES_INPUT!r}")
                 infer_input = payload.inputs[0]
-            try:
-                values = infer_input.as_numpy()
-            except Exception as exc:
-                raise RequestError.single(
-                    f"inputs.{infer_input.name}", f"cannot be read as numbers ({exc})"
-                ) from None
-            matrix = _matrix(values, f"inputs.{infer_input.name}", model.n_features)
+            matrix = rows_from_v2_input(infer_input, model.n_features, self.max_rows)
             try:
                 probabilities = model.predict_proba(matrix).astype(np.float32)
             except Exception as exc:
@@ -196,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bundle_source_arguments(parser)
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="Model runtime.")
+    parser.add_argument(
+        "--max_rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help="Most feature rows per request; larger batches get 413.",
+    )
     add_server_arguments(parser)
     parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
     return parser
@@ -210,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     from fraud_detection.serving.app import serve_model, source_from_args
 
     source = source_from_args(args)
-    predictor = make_predictor(args.model_name, source, args.runtime, args.reload_interval)
+    predictor = make_predictor(
+        args.model_name, source, args.runtime, args.reload_interval, args.max_rows
+    )
     return serve_model(predictor, args, "predictor")
 
 

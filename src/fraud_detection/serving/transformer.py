@@ -13,15 +13,20 @@ Per request (KServe v1 ``{"instances": [...]}``, or v2 with one input tensor per
 5. hand each scored transaction to the Kafka mirror (:mod:`fraud_detection.serving.mirror`),
    which never makes the request wait.
 
-Scoring is idempotent per ``transaction_id``: a transaction seen recently (the last
-``--dedup_size`` ids) is scored again with the features it got the first time instead of being
-absorbed twice, so a client retrying after a 503 (predictor down) does not inflate the card's
-velocity features.
+The live state (:mod:`fraud_detection.serving.live_state`) decides what a request may change:
+timestamps must lie within a range around the clock (``--clock wall`` for live traffic,
+``--clock event`` for replays), a ``transaction_id`` seen before must come with the same
+payload (an identical retry is answered as the first time and mirrored once; another payload
+is refused with 409), and nothing is absorbed unless the whole request is accepted.
 
 Model updates: the transformer follows the same bundle source as the predictor (the registry's
 current bundle, or a fixed directory); when it changes, or on ``SIGHUP``, a background thread
-loads the new feature-state snapshot (and model, when collocated) and swaps it in with one
-assignment; requests in flight finish on the state they started with.
+loads the new bundle and swaps it in with one assignment; requests in flight finish on the
+bundle they started with. The live per-card state and the retry map survive the switch: from
+the new bundle come the model, the threshold and what its feature snapshot adds (cards never
+seen, merchant labels known at its training). With ``--state_dir`` the live state is
+checkpointed every ``--checkpoint_interval`` seconds and at stop, and a restart resumes from
+the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -30,14 +35,22 @@ import argparse
 import logging
 import sys
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fraud_detection.bundle import FEATURE_STATE, BundleError, Manifest, verify_bundle
 from fraud_detection.features import OnlineFeatureState
-from fraud_detection.schema import DEFAULT_THRESHOLD
+from fraud_detection.schema import DEFAULT_THRESHOLD, MAX_AMOUNT, is_flagged, round_probability
+from fraud_detection.serving.live_state import (
+    CLOCKS,
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_EVENT_AGE_S,
+    WALL_CLOCK,
+    Checkpointer,
+    LiveState,
+    TimePolicy,
+)
 from fraud_detection.serving.mirror import (
     PRIORITIES,
     KafkaMirror,
@@ -51,27 +64,29 @@ from fraud_detection.serving.requests import (
     RequestError,
     RequestLimits,
     Transaction,
-    columns_to_instances,
     parse_instances,
     parse_v1_body,
+    v2_instances,
 )
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with `python -m`, this module is __main__.
+log = logging.getLogger("fraud_detection.serving.transformer")
 
 DEFAULT_MODEL_NAME = "fraud-detector"
 DEFAULT_DEDUP_SIZE = 100_000
+DEFAULT_CHECKPOINT_INTERVAL_S = 30.0
+#: Larger amounts would let squared amounts in the features' running sums lose all precision.
+MAX_AMOUNT_CEILING = 1e15
+ENV_SERVING_STATE_DIR = "FRAUD_SERVING_STATE_DIR"
 
 
 @dataclass
 class ServingState:
-    """What one bundle gives the transformer: the feature state and, collocated, the model."""
+    """What one bundle gives the transformer: its manifest and, collocated, its model."""
 
     path: Path
     manifest: Manifest
-    features: OnlineFeatureState
     model: ScoringModel | None = None
-    #: transaction_id -> (card_id, amount, timestamp_micros, features) of recent transactions.
-    seen: OrderedDict[str, tuple[str, float, int, list[float]]] = field(default_factory=OrderedDict)
 
     @property
     def version(self) -> str:
@@ -79,8 +94,10 @@ class ServingState:
         return self.manifest.model_version
 
 
-def load_serving_state(bundle_dir: Path, collocated: bool, runtime: str = "onnx") -> ServingState:
-    """Verify a bundle and load its feature state (and model when ``collocated``)."""
+def load_serving_state(
+    bundle_dir: Path, collocated: bool, runtime: str = "onnx"
+) -> tuple[ServingState, OnlineFeatureState]:
+    """Verify a bundle; load its model (when ``collocated``) and its feature-state snapshot."""
     from fraud_detection.serving.model import load_scoring_model
 
     if collocated:
@@ -92,8 +109,8 @@ def load_serving_state(bundle_dir: Path, collocated: bool, runtime: str = "onnx"
         manifest = verify_bundle(path)
     if FEATURE_STATE not in manifest.files:
         raise BundleError(f"{path}: the bundle has no {FEATURE_STATE}")
-    features = OnlineFeatureState.load(path / FEATURE_STATE)
-    return ServingState(path, manifest, features, model)
+    snapshot = OnlineFeatureState.load(path / FEATURE_STATE)
+    return ServingState(path, manifest, model), snapshot
 
 
 @dataclass
@@ -103,50 +120,10 @@ class Batch:
     transactions: list[Transaction]
     rows: list[list[float]]
     state: ServingState
+    live: LiveState
     v2_request: Any = None
     probabilities: list[float] | None = None
     model_version: str | None = None
-
-
-def features_for(state: ServingState, tx: Transaction, dedup_size: int) -> list[float]:
-    """The transaction's features; absorbs it into the state unless it was seen recently."""
-    seen = state.seen.get(tx.transaction_id)
-    if (
-        seen is not None
-        and seen[0] == tx.card_id
-        and seen[1] == tx.amount
-        and seen[2] == tx.timestamp_micros
-    ):
-        return seen[3]
-    row = state.features.process(tx.card_id, tx.merchant_id, tx.amount, tx.timestamp_micros)
-    if dedup_size > 0:
-        state.seen[tx.transaction_id] = (tx.card_id, tx.amount, tx.timestamp_micros, row)
-        if len(state.seen) > dedup_size:
-            state.seen.popitem(last=False)
-    return row
-
-
-def v2_instances(request: Any) -> list[dict[str, Any]]:
-    """Instances from a v2 request with one input tensor per transaction field."""
-    columns: dict[str, list[Any]] = {}
-    for infer_input in request.inputs:
-        data = infer_input.data
-        if not isinstance(data, list):
-            try:
-                data = infer_input.as_numpy().reshape(-1).tolist()
-            except Exception as exc:
-                raise RequestError.single(
-                    f"inputs.{infer_input.name}", f"cannot be read ({exc})"
-                ) from None
-        flat = [
-            value[0] if isinstance(value, list) and len(value) == 1 else value for value in data
-        ]
-        columns[infer_input.name] = [
-            value.decode() if isinstance(value, bytes) else value for value in flat
-        ]
-    if not columns:
-        raise RequestError.single("inputs", "must not be empty")
-    return columns_to_instances(columns)
 
 
 def make_transformer(
@@ -164,6 +141,9 @@ def make_transformer(
     mirror: KafkaMirror | ProcessMirror | None = None,
     dedup_size: int = DEFAULT_DEDUP_SIZE,
     reload_interval_s: float = 2.0,
+    time_policy: TimePolicy | None = None,
+    state_dir: Path | None = None,
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
 ) -> Any:
     """A ``kserve.Model`` transformer (not loaded yet: call ``load()``)."""
     if not collocated and not predictor_host:
@@ -182,6 +162,9 @@ def make_transformer(
         mirror=mirror,
         dedup_size=dedup_size,
         reload_interval_s=reload_interval_s,
+        time_policy=time_policy or TimePolicy(),
+        state_dir=state_dir,
+        checkpoint_interval_s=checkpoint_interval_s,
     )
 
 
@@ -215,7 +198,12 @@ def _transformer_class() -> type:
                     options["predictor_use_ssl"],
                 )
             )
+            self.time_policy: TimePolicy = options["time_policy"]
+            self.state_dir: Path | None = options["state_dir"]
+            self.checkpoint_interval_s: float = options["checkpoint_interval_s"]
             self.state: ServingState | None = None
+            self.live: LiveState | None = None
+            self.checkpointer: Checkpointer | None = None
             self.watcher: BundleWatcher | None = None
 
         # ------------------------------------------------------------------ lifecycle
@@ -226,26 +214,43 @@ def _transformer_class() -> type:
             return self.ready
 
         def _swap(self, bundle_dir: Path) -> None:
-            state = load_serving_state(bundle_dir, self.collocated, self.runtime)
+            state, snapshot = load_serving_state(bundle_dir, self.collocated, self.runtime)
+            if self.live is None:
+                self.live = LiveState.restore(
+                    snapshot, self.state_dir, self.time_policy, self.dedup_size
+                )
+            else:
+                self.live.adopt(snapshot)
             self.state = state
             log.info(
-                "transformer serving %s (%d cards in the feature state%s)",
+                "transformer serving %s (%d cards in the live feature state%s)",
                 state.version,
-                len(state.features),
+                len(self.live),
                 f", model {state.model.runtime}" if state.model else "",
             )
 
         def start(self) -> None:
-            """Start the mirror and the bundle watcher."""
+            """Start the mirror, the checkpoints and the bundle watcher."""
             super().start()
             if self.mirror is not None and not self.mirror.started:
                 self.mirror.start()
+            if self.state_dir is not None and self.checkpointer is None:
+                self.checkpointer = Checkpointer(
+                    lambda: self.live,
+                    self.state_dir,
+                    self.checkpoint_interval_s,
+                    lambda: self.state.version if self.state is not None else None,
+                ).start()
             current = self.state.path if self.state is not None else None
             self.follow_bundle(current, "transformer-reload")
 
         def stop(self) -> None:
-            """Stop the watcher and flush the mirror."""
+            """Stop the watcher, write a final checkpoint and flush the mirror."""
             self.stop_following()
+            if self.checkpointer is not None:
+                path = self.checkpointer.stop()
+                if path is not None:
+                    log.info("live state checkpointed to %s", path)
             if self.mirror is not None:
                 self.mirror.stop()
             super().stop()
@@ -263,18 +268,22 @@ def _transformer_class() -> type:
 
         def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Batch:
             """Validate the instances and compute their features."""
-            state = self.state
-            assert state is not None
+            state, live = self.state, self.live
+            assert state is not None and live is not None
             v2_request = None
             if isinstance(payload, InferRequest):
                 v2_request = payload
-                transactions = parse_instances(v2_instances(payload), self.limits, "inputs")
+                where = "inputs"
+                transactions = parse_instances(
+                    v2_instances(payload, self.limits), self.limits, where
+                )
             elif isinstance(payload, bytes | str):
                 raise RequestError.single("content-type", "must be application/json", status=415)
             else:
+                where = "instances"
                 transactions = parse_v1_body(payload, self.limits)
-            rows = [features_for(state, tx, self.dedup_size) for tx in transactions]
-            return Batch(transactions, rows, state, v2_request)
+            rows = live.score_features(transactions, where)
+            return Batch(transactions, rows, state, live, v2_request)
 
         async def predict(self, batch: Batch, headers: dict[str, str] | None = None) -> Batch:
             """Score the feature rows: in-process when collocated, else on the predictor."""
@@ -298,10 +307,11 @@ def _transformer_class() -> type:
             version = batch.model_version or batch.state.version
             mirror = self.mirror
             predictions = []
-            for tx, row, probability in zip(
+            for tx, row, score in zip(
                 batch.transactions, batch.rows, batch.probabilities, strict=True
             ):
-                flagged = probability >= threshold
+                probability = round_probability(score)
+                flagged = is_flagged(probability, threshold)
                 predictions.append(
                     {
                         "transaction_id": tx.transaction_id,
@@ -311,7 +321,7 @@ def _transformer_class() -> type:
                         "model_version": version,
                     }
                 )
-                if mirror is not None:
+                if mirror is not None and batch.live.claim_mirror(tx.transaction_id):
                     mirror.offer(
                         MirrorEntry(
                             tx.transaction_id,
@@ -424,6 +434,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="Recent transaction ids remembered so a retried transaction is not counted twice.",
     )
     parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default=WALL_CLOCK,
+        help="wall: timestamps are checked against this server's clock (live traffic). event: the "
+        "clock is the latest accepted timestamp (replays and backfills of historical data).",
+    )
+    parser.add_argument(
+        "--max_clock_skew",
+        type=float,
+        default=None,
+        help="Seconds a timestamp may be ahead of the clock; later ones get 400 (default: "
+        + ", ".join(f"{s:g} with the {c} clock" for c, s in DEFAULT_MAX_CLOCK_SKEW_S.items())
+        + "; at most a day).",
+    )
+    parser.add_argument(
+        "--max_event_age",
+        type=float,
+        default=DEFAULT_MAX_EVENT_AGE_S,
+        help="Seconds a timestamp may be behind the clock; older ones get 400 "
+        "(at most the longest feature window, 30 days).",
+    )
+    parser.add_argument(
+        "--max_amount",
+        type=float,
+        default=MAX_AMOUNT,
+        help="Largest accepted amount; larger ones get 400.",
+    )
+    parser.add_argument(
+        "--state_dir",
+        type=Path,
+        default=None,
+        help="Checkpoint the live per-card state here and resume from the newest checkpoint at "
+        f"start (default ${ENV_SERVING_STATE_DIR}; none: no checkpoints).",
+    )
+    parser.add_argument(
+        "--checkpoint_interval",
+        type=float,
+        default=DEFAULT_CHECKPOINT_INTERVAL_S,
+        help="Seconds between checkpoints of the live state (a crash loses at most this much).",
+    )
+    parser.add_argument(
         "--kafka_bootstrap",
         default=None,
         help=f"Kafka bootstrap servers for the mirror (default ${ENV_BOOTSTRAP}; none: no mirror).",
@@ -497,6 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     protocol = args.predictor_protocol if args.predictor_protocol != "v1" else args.protocol
     if protocol == "grpc-v2":
         parser.error("the transformer calls the predictor over REST: use v1 or v2")
+    try:
+        policy = TimePolicy(args.clock, args.max_clock_skew, args.max_event_age)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not 0 < args.max_amount <= MAX_AMOUNT_CEILING:
+        parser.error(f"--max_amount must be within 0..{MAX_AMOUNT_CEILING:g}")
+    if args.checkpoint_interval <= 0:
+        parser.error("--checkpoint_interval must be positive")
     transformer = make_transformer(
         args.model_name,
         source,
@@ -506,12 +565,25 @@ def main(argv: list[str] | None = None) -> int:
         predictor_use_ssl=args.predictor_use_ssl,
         collocated=args.collocated,
         threshold=args.threshold,
-        limits=RequestLimits(max_instances=args.max_instances),
+        limits=RequestLimits(max_instances=args.max_instances, max_amount=args.max_amount),
         mirror=mirror_from_args(args),
         dedup_size=args.dedup_size,
         reload_interval_s=args.reload_interval,
+        time_policy=policy,
+        state_dir=state_dir_from_args(args),
+        checkpoint_interval_s=args.checkpoint_interval,
     )
     return serve_model(transformer, args, "transformer")
+
+
+def state_dir_from_args(args: argparse.Namespace) -> Path | None:
+    """``--state_dir``, else ``$FRAUD_SERVING_STATE_DIR``, else None (no checkpoints)."""
+    import os
+
+    if args.state_dir is not None:
+        return None if str(args.state_dir).lower() == "none" else Path(args.state_dir)
+    value = os.environ.get(ENV_SERVING_STATE_DIR)
+    return Path(value) if value and value.lower() != "none" else None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fraud_detection.schema import PROBABILITY_DECIMALS, flag_scores
+
 #: Thresholds of the curves in the report.
 CURVE_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 #: Categories of the confusion matrix, in row/column order.
@@ -44,14 +46,15 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """Metrics of fraud ``scores`` (probabilities) against 0/1 ``labels`` at ``threshold``.
 
-    A transaction is flagged when its score is at or above the threshold.
+    A transaction is flagged when its score is at or above the threshold, compared as serving
+    compares it (:func:`~fraud_detection.schema.flag_scores`).
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     labels = np.asarray(labels, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     _check(labels, scores)
-    flagged = scores >= threshold
+    flagged = flag_scores(scores, threshold)
     tp = int(np.sum(flagged & (labels == 1)))
     fp = int(np.sum(flagged & (labels == 0)))
     fn = int(np.sum(~flagged & (labels == 1)))
@@ -117,10 +120,11 @@ def threshold_curve(
 ) -> dict[str, list[float]]:
     """Recall, precision, F1 and the counts of each outcome at every threshold."""
     labels = np.asarray(labels, dtype=np.int64)
+    scores = np.round(np.asarray(scores, dtype=np.float64), PROBABILITY_DECIMALS)
     order = np.sort(scores[labels == 1])
     legit = np.sort(scores[labels == 0])
     positives = len(order)
-    # Flagged = score >= t: count through sorted scores.
+    # Flagged = rounded score >= t (as flag_scores): count through sorted scores.
     tp = positives - np.searchsorted(order, thresholds, side="left")
     fp = len(legit) - np.searchsorted(legit, thresholds, side="left")
     fn = positives - tp

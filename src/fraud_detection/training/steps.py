@@ -25,7 +25,14 @@ import numpy as np
 import pandas as pd
 
 from fraud_detection.features import FEATURE_NAMES
-from fraud_detection.schema import AMOUNT, CARD_ID, LABEL, TIMESTAMP, TRANSACTION_ID
+from fraud_detection.schema import (
+    AMOUNT,
+    CARD_ID,
+    LABEL,
+    TIMESTAMP,
+    TRANSACTION_ID,
+    flag_scores,
+)
 
 MODEL_FILE = "model.joblib"
 TRAINING_FILE = "training.json"
@@ -354,7 +361,7 @@ def evaluate_step(
     write_json(evaluation_path, evaluation)
     predictions = test[[TRANSACTION_ID, CARD_ID, TIMESTAMP, AMOUNT, LABEL]].copy()
     predictions[SCORE] = scores
-    predictions[FLAGGED] = scores >= threshold
+    predictions[FLAGGED] = flag_scores(scores, threshold)
     _write_parquet(predictions, predictions_path)
     return evaluation
 
