@@ -43,6 +43,7 @@ import math
 import os
 import tempfile
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -321,8 +322,9 @@ class OnlineFeatureState:
     """
 
     def __init__(self) -> None:
-        self._cards: dict[str, _CardHistory] = {}
-        self._merchants: dict[str, dict[int, list[int]]] = {}
+        # In order of last activity (oldest first), so idle ones are forgotten from the front.
+        self._cards: OrderedDict[str, _CardHistory] = OrderedDict()
+        self._merchants: OrderedDict[str, dict[int, list[int]]] = OrderedDict()
         self.last_timestamp_micros: int | None = None
 
     def __len__(self) -> int:
@@ -337,6 +339,8 @@ class OnlineFeatureState:
         buckets = self._merchants.get(merchant_id)
         if buckets is None:
             buckets = self._merchants[merchant_id] = {}
+        else:
+            self._merchants.move_to_end(merchant_id)
         vector += _merchant_window_features(buckets, day)
         bucket = buckets.get(day)
         if bucket is None:
@@ -352,6 +356,38 @@ class OnlineFeatureState:
         if is_fraud:
             buckets = self._merchants.setdefault(merchant_id, {})
             buckets.setdefault(timestamp_micros // MICROS_PER_DAY, [0, 0])[1] += 1
+
+    def forget_idle(self, oldest_micros: int, limit: int = 100) -> int:
+        """Forget up to ``limit`` cards and merchants no transaction from ``oldest_micros`` on
+        can see any more (oldest activity first); returns how many were forgotten.
+
+        A card whose latest transaction lies beyond every window of such a transaction scores
+        exactly as a new card, and a merchant likewise; forgetting them keeps the state's
+        memory bounded by recent activity instead of by every id ever seen.
+        """
+        forgotten = 0
+        cards = self._cards
+        card_cutoff = oldest_micros - RETENTION_MICROS
+        while forgotten < limit and cards:
+            card_id, history = next(iter(cards.items()))
+            if history.times and history.times[-1] >= card_cutoff:
+                break
+            del cards[card_id]
+            forgotten += 1
+        day_cutoff = (
+            oldest_micros // MICROS_PER_DAY
+            - LABEL_DELAY_DAYS
+            - max(WINDOW_DAYS)
+            - RETENTION_MARGIN_DAYS
+        )
+        merchants = self._merchants
+        while forgotten < limit and merchants:
+            merchant, buckets = next(iter(merchants.items()))
+            if buckets and max(buckets) >= day_cutoff:
+                break
+            del merchants[merchant]
+            forgotten += 1
+        return forgotten
 
     def adopt(self, snapshot: OnlineFeatureState) -> None:
         """Take from a newer bundle's snapshot what this live state lacks; keep the rest.
@@ -383,6 +419,8 @@ class OnlineFeatureState:
         history = self._cards.get(card_id)
         if history is None:
             history = self._cards[card_id] = _CardHistory()
+        else:
+            self._cards.move_to_end(card_id)
         times = history.times
         if times and timestamp_micros < times[-1]:
             return _late_card_features(history, amount, timestamp_micros)

@@ -284,3 +284,24 @@ def test_vectorised_parsing_accepts_mixed_iso_formats() -> None:
     texts = ["2018-04-01 00:00:31", "2018-04-01T02:00:31+02:00", "2018-04-01T00:00:31.250000Z"]
     got = timestamps_to_micros(pd.Series(texts))
     assert got.tolist() == [timestamp_to_micros(text) for text in texts]
+
+
+def test_idle_cards_and_merchants_are_forgotten_without_changing_any_feature() -> None:
+    day = 86_400_000_000
+    start = timestamp_to_micros("2026-01-01T00:00:00Z")
+    kept, pruned = OnlineFeatureState(), OnlineFeatureState()
+    for state in (kept, pruned):
+        state.process("idle-card", "idle-merchant", 50.0, start)
+        for offset in range(70):
+            state.process("busy-card", "busy-merchant", 20.0, start + offset * day)
+    later = start + 70 * day
+    assert pruned.forget_idle(later) == 2  # the idle card and the idle merchant
+    assert len(pruned) == 1 and len(kept) == 2
+    assert "idle-merchant" not in pruned.to_dict()["merchants"]
+    for state in (kept, pruned):
+        assert state.forget_idle(later - 40 * day) == 0  # nothing idle that long ago
+    # A forgotten card or merchant that comes back scores exactly as if it had been kept.
+    for card, merchant in (("idle-card", "idle-merchant"), ("busy-card", "busy-merchant")):
+        assert pruned.process(card, merchant, 30.0, later) == kept.process(
+            card, merchant, 30.0, later
+        )

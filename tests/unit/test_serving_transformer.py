@@ -458,3 +458,25 @@ def test_body_limit() -> None:
     assert run_asgi(app, [], [b"12345", b"67890"]) == (200, b"1234567890")
     status, _ = run_asgi(app, [], [b"12345", b"678901"])
     assert status == 413
+
+
+def test_a_flood_of_unique_cards_is_forgotten_once_no_window_can_see_them(
+    serving_bundle: Path,
+) -> None:
+    """Memory follows recent activity: cards nobody can see any more are dropped."""
+    day_s = 86_400
+    model = make(serving_bundle, time_policy=TimePolicy(EVENT_CLOCK, max_event_age_s=day_s))
+    clock = snapshot_clock(serving_bundle)
+    flood = [tx_at(clock, 60, number, card_id=f"flood-{number}") for number in range(400)]
+    score(model, {"instances": flood})
+    peak = len(model.live)
+    # The clock moves on a day at a time (the event clock's largest step).
+    for step in range(1, 36):
+        score(model, {"instances": [tx_at(clock, step * day_s, 1_000 + step, card_id="steady")]})
+    later = clock + 35 * day_s * MICROS_PER_SECOND
+    for number in range(300):
+        moment = (later - clock) / MICROS_PER_SECOND + 1 + number
+        score(model, {"instances": [tx_at(clock, moment, 2_000 + number, card_id="steady")]})
+    cards = model.live.features.to_dict()["cards"]
+    assert not any(card.startswith("flood-") for card in cards)
+    assert len(model.live) < peak - 400 + 2 and "steady" in cards

@@ -45,7 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fraud_detection.features import HISTORY_MICROS, MICROS_PER_SECOND, OnlineFeatureState
+from fraud_detection.features import (
+    HISTORY_MICROS,
+    MICROS_PER_SECOND,
+    OnlineFeatureState,
+)
 from fraud_detection.serving.checkpoint import (
     Checkpoint,
     Scored,
@@ -217,7 +221,11 @@ class LiveState:
             raise RequestError(conflicts, status=409)
 
     def absorb(self, transactions: Sequence[Transaction]) -> list[list[float]]:
-        """Feature rows of admitted transactions; absorbs the new ones (a retry: the same row)."""
+        """Feature rows of admitted transactions; absorbs the new ones (a retry: the same row).
+
+        Also forgets a few cards and merchants that no admissible transaction can see any more,
+        so memory follows recent activity, not every id ever sent.
+        """
         rows = []
         seen = self.seen
         for tx in transactions:
@@ -236,6 +244,10 @@ class LiveState:
                 )
                 if len(seen) > self.dedup_size:
                     seen.popitem(last=False)
+        now = self.policy.now_micros(self.features)
+        if now is not None:
+            oldest = now - int(self.policy.max_event_age_s * MICROS_PER_SECOND)
+            self.features.forget_idle(oldest, limit=max(16, 2 * len(transactions)))
         return rows
 
     def score_features(
