@@ -79,3 +79,13 @@ def test_a_float32_score_at_the_threshold_is_flagged_offline_as_online() -> None
     assert [is_flagged(score, 0.1) for score in scores] == [True, False, True, False]
     curve = threshold_curve(labels, scores, np.array([0.1]))
     assert curve["tp"] == [2] and curve["fp"] == [0]
+
+
+def test_one_score_is_rounded_exactly_as_an_array_of_scores() -> None:
+    from fraud_detection.schema import PROBABILITY_DECIMALS, round_probability
+
+    rng = np.random.default_rng(5)
+    halfway = (np.arange(0, 100_001) + 0.5) / 10**PROBABILITY_DECIMALS
+    scores = np.concatenate([rng.random(100_000), halfway, rng.random(10_000).astype(np.float32)])
+    expected = np.round(scores.astype(np.float64), PROBABILITY_DECIMALS)
+    assert [round_probability(score) for score in scores.tolist()] == expected.tolist()
