@@ -24,7 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from fraud_detection.features import timestamp_to_micros
+from fraud_detection.features import MICROS_PER_SECOND, timestamp_to_micros
+from fraud_detection.schema import (
+    AMOUNT,
+    CARD_ID,
+    CATEGORY,
+    ID_COLUMNS,
+    MERCHANT_ID,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    TIMESTAMP,
+    TRANSACTION_ID,
+)
 
 V1_PATH = "/v1/models/fraud-detector:predict"
 V2_PATH = "/v2/models/fraud-detector/infer"
@@ -40,15 +51,8 @@ CONFLICT = "conflict"  # 409: a known transaction_id with another payload; chang
 TRANSFORMER = "transformer"
 PREDICTOR = "predictor"
 
-TRANSACTION_ID = "transaction_id"
-CARD_ID = "card_id"
-MERCHANT_ID = "merchant_id"
-AMOUNT = "amt"
-TIMESTAMP = "timestamp"
-CATEGORY = "category"
-ID_FIELDS = (TRANSACTION_ID, CARD_ID, MERCHANT_ID)
-FIELDS = (TRANSACTION_ID, CARD_ID, MERCHANT_ID, AMOUNT, TIMESTAMP, CATEGORY)
-MICROS_PER_SECOND = 1_000_000
+ID_FIELDS = ID_COLUMNS
+FIELDS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 DAY_S = 86_400
 
 

@@ -161,24 +161,6 @@ def _children(item: object) -> Any:
     return None
 
 
-def _contains_lone_surrogate(value: object) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _has_lone_surrogate(item):
-                return True
-            continue
-        children = _children(item)
-        if children is None:
-            continue
-        for key, child in children:
-            if isinstance(key, str) and _has_lone_surrogate(key):
-                return True
-            stack.append(child)
-    return False
-
-
 def json_path(parent: str, key: object) -> str:
     """``parent.key`` or ``parent[index]``; ``key`` alone at the root."""
     if isinstance(key, int):
@@ -186,22 +168,33 @@ def json_path(parent: str, key: object) -> str:
     return f"{parent}.{key}" if parent else str(key)
 
 
-def _lone_surrogate_path(value: object) -> str:
-    stack: list[tuple[str, object]] = [("", value)]
+def _lone_surrogate_path(value: object) -> str | None:
+    """The path of the first text (value or key) holding a lone surrogate, or None.
+
+    The keys leading to each value are kept as a tuple and only spelled as a path on a hit.
+    """
+    stack: list[tuple[tuple[object, ...], object]] = [((), value)]
     while stack:
-        path, item = stack.pop()
+        trail, item = stack.pop()
         if isinstance(item, str):
             if _has_lone_surrogate(item):
-                return path or "body"
+                return _spell(trail)
             continue
         children = _children(item)
         if children is None:
             continue
         for key, child in children:
             if isinstance(key, str) and _has_lone_surrogate(key):
-                return json_path(path, key)
-            stack.append((json_path(path, key), child))
-    return "body"  # pragma: no cover - only called when a surrogate was found
+                return _spell((*trail, key))
+            stack.append(((*trail, key), child))
+    return None
+
+
+def _spell(trail: tuple[object, ...]) -> str:
+    path = ""
+    for key in trail:
+        path = json_path(path, key)
+    return path or "body"
 
 
 def reject_lone_surrogates(value: object) -> None:
@@ -210,10 +203,10 @@ def reject_lone_surrogates(value: object) -> None:
     Raises:
         RequestError: 400 naming the first such field.
     """
-    if _contains_lone_surrogate(value):
+    path = _lone_surrogate_path(value)
+    if path is not None:
         raise RequestError.single(
-            _lone_surrogate_path(value),
-            "contains a lone UTF-16 surrogate (such as \\ud800); text must be valid Unicode",
+            path, "contains a lone UTF-16 surrogate (such as \\ud800); text must be valid Unicode"
         )
 
 

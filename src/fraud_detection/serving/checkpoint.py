@@ -64,7 +64,6 @@ class Checkpoint:
 
     features: OnlineFeatureState
     seen: OrderedDict[str, Scored]
-    clock_micros: int | None
     model_version: str | None
     path: Path | None = None
 
@@ -72,7 +71,6 @@ class Checkpoint:
 def checkpoint_payload(
     features: dict[str, Any],
     seen: OrderedDict[str, Scored],
-    clock_micros: int | None,
     model_version: str | None,
 ) -> dict[str, Any]:
     """The JSON document of a checkpoint (``features`` from ``OnlineFeatureState.to_dict``)."""
@@ -80,7 +78,6 @@ def checkpoint_payload(
         "format": CHECKPOINT_FORMAT,
         "written_at": datetime.now(UTC).isoformat(),
         "model_version": model_version,
-        "clock_micros": clock_micros,
         "features": features,
         "seen": [[key, *entry] for key, entry in seen.items()],
     }
@@ -197,9 +194,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         (key, Scored(card, merchant, float(amount), int(stamp), list(row), bool(mirrored)))
         for key, card, merchant, amount, stamp, row, mirrored in document["seen"]
     )
-    return Checkpoint(
-        features, seen, document.get("clock_micros"), document.get("model_version"), path
-    )
+    return Checkpoint(features, seen, document.get("model_version"), path)
 
 
 def load_latest(state_dir: str | Path) -> Checkpoint | None:

@@ -280,12 +280,7 @@ class LiveState:
 
     def payload(self, model_version: str | None) -> dict[str, Any]:
         """A checkpoint document of the current state; the caller holds :attr:`lock`."""
-        return checkpoint_payload(
-            self.features.to_dict(),
-            self.seen,
-            self.features.last_timestamp_micros,
-            model_version,
-        )
+        return checkpoint_payload(self.features.to_dict(), self.seen, model_version)
 
     @classmethod
     def restore(
