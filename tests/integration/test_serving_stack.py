@@ -118,6 +118,10 @@ def stack(
             "3000",
             "--max_instances",
             "100",
+            # The default idle priority lets a saturated CPU starve the producer (by design:
+            # scoring first, drops counted); these tests check what is mirrored, on any load.
+            "--mirror_priority",
+            "normal",
         ],
     )
     with ServingStack(config) as running:
