@@ -471,6 +471,42 @@ def test_a_tampered_model_is_refused(serving_bundle: Path, tmp_path: Path) -> No
     assert "refuses to start" in log and "model.onnx does not match its sha256" in log
 
 
+STUBBORN_SERVER = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+pid_file = sys.argv[sys.argv.index("--pid_file") + 1]
+with open(pid_file + ".part", "w") as out:
+    out.write(str(helper.pid))
+os.replace(pid_file + ".part", pid_file)
+time.sleep(600)
+"""
+
+
+def test_a_server_that_must_be_killed_takes_what_it_started_with_it(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn_server.py"
+    script.write_text(STUBBORN_SERVER)
+    pid_file = tmp_path / "helper.pid"
+    server = ServerProcess(
+        "stubborn server",
+        str(script),
+        ["--pid_file", str(pid_file)],
+        LOOPBACK,
+        free_port(),
+        tmp_path / "server.log",
+    ).start()
+    try:
+        wait_for(pid_file.exists, DEADLINE_S, "the server started no helper")
+        helper = int(pid_file.read_text())
+        assert alive(helper)
+        status = server.stop(timeout_s=1.0)  # it ignores SIGTERM: always killed
+    finally:
+        if server.running:
+            server.stop(timeout_s=1.0)
+    assert status == -signal.SIGKILL
+    assert_all_exit({helper}, server.log_path.read_text())
+
+
 def test_a_killed_transformer_comes_back_on_its_port(
     stack: ServingStack,
     client: httpx.Client,
@@ -607,6 +643,18 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def assert_all_exit(family: set[int], output: str) -> None:
+    """Wait until every process in ``family`` has exited; fail naming the ones that did not."""
+    deadline = time.monotonic() + DEADLINE_S
+    while survivors := {pid: command_line(pid) for pid in family if alive(pid)}:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"processes outlived the server that started them (waited {DEADLINE_S:g} s): "
+                f"{survivors}\n{output}"
+            )
+        time.sleep(0.1)
+
+
 def fraud_serve(bundle: Path, port: int, cwd: Path, *options: str) -> subprocess.Popen[str]:
     """``fraud serve`` of ``bundle`` as a subprocess (stderr merged into stdout).
 
@@ -679,11 +727,7 @@ def test_fraud_serve_starts_everything_and_stops_on_sigterm(
         rest, _ = proc.communicate(timeout=DEADLINE_S)
         assert proc.returncode == 0, output + rest
         assert not [pid for pid in children if alive(pid)]
-        wait_for(
-            lambda: not [pid for pid in family if alive(pid)],
-            DEADLINE_S,
-            "processes started by fraud serve outlived it",
-        )
+        assert_all_exit(family, output + rest)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -717,11 +761,7 @@ def test_fraud_serve_gives_up_on_a_predictor_that_keeps_dying(
         assert f"restarted the predictor: pid {second}" in output
         assert "the predictor was killed by SIGKILL after 1 restart within 3600 s" in output
         assert f"log {logs / 'predictor.log'}" in output
-        wait_for(
-            lambda: not [pid for pid in family if alive(pid)],
-            DEADLINE_S,
-            "processes started by fraud serve outlived it",
-        )
+        assert_all_exit(family, output)
     finally:
         if proc.poll() is None:
             proc.kill()

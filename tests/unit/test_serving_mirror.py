@@ -361,6 +361,46 @@ def test_producer_priority(priority: str) -> None:
         assert policy == os.SCHED_OTHER and niceness >= 10
 
 
+def may_raise_priority() -> bool:
+    """Whether this process may give another one a higher CPU priority (root, or RLIMIT_NICE)."""
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+@pytest.mark.parametrize("priority", ["idle", "low"])
+def test_a_stopping_producer_gets_normal_priority_back_where_permitted(priority: str) -> None:
+    import subprocess
+    import sys
+
+    from fraud_detection.serving.mirror import restore_priority
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("Linux scheduling policies only")
+    code = (
+        "import sys, time\n"
+        "from fraud_detection.serving.mirror import set_priority\n"
+        "set_priority(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, priority], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        lowered = (os.sched_getscheduler(child.pid), os.getpriority(os.PRIO_PROCESS, child.pid))
+        assert lowered != (os.SCHED_OTHER, 0)
+        permitted = may_raise_priority()
+        assert restore_priority(child.pid) is permitted
+        now = (os.sched_getscheduler(child.pid), os.getpriority(os.PRIO_PROCESS, child.pid))
+        assert now == ((os.SCHED_OTHER, 0) if permitted else lowered)
+    finally:
+        child.kill()
+        child.wait()
+    assert restore_priority(child.pid) is False  # gone: nothing to do, no error
+
+
 def test_unknown_priority_is_refused() -> None:
     from fraud_detection.serving.mirror import set_priority
 

@@ -4,7 +4,9 @@ Each server is a real ``kserve.ModelServer`` in its own Python process
 (``python -m fraud_detection.serving.predictor`` / ``...transformer``) bound to loopback on a
 free port, with its output in a log file. :class:`ServingStack` starts what is needed in order,
 waits until each answers its KServe readiness endpoint, and stops everything in reverse order
-(SIGTERM, then SIGKILL after a timeout) — also when starting fails half-way. ``fraud serve``,
+(SIGTERM, then SIGKILL after a timeout) — also when starting fails half-way. Each server runs
+in its own process group, so a server that has to be killed takes the processes it started
+(the mirror's producer) with it. ``fraud serve``,
 the demo, the integration tests and the benchmarks all use it.
 
 Supervision: :meth:`ServingStack.check` looks at every child the stack started (predictor,
@@ -24,6 +26,7 @@ returns the problems (a child still alive after SIGKILL, a signal that could not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -56,6 +59,9 @@ TRANSFORMER_MODULE = "fraud_detection.serving.transformer"
 ENV_SERVING_STATE_DIR = "FRAUD_SERVING_STATE_DIR"
 #: The transformer's clocks: ``wall`` for live traffic, ``event`` for replays of past data.
 CLOCKS = ("wall", "event")
+#: Seconds a server gets after SIGTERM before SIGKILL: more than the transformer's own worst
+#: case (the mirror's 5 s flush, its producer's 10 s grace, a final checkpoint).
+STOP_TIMEOUT_S = 30.0
 #: Seconds a child gets after SIGKILL before it is reported as impossible to stop.
 KILL_WAIT_S = 5.0
 
@@ -134,16 +140,25 @@ def default_serving_state_dir() -> Path:
     return default_state_dir().parent / "serving"
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM, SIGKILL after ``timeout_s``; raises ``subprocess.TimeoutExpired`` if it survives."""
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, SIGKILL after ``timeout_s``; raises ``subprocess.TimeoutExpired`` if it survives.
+
+    ``proc`` leads its own process group: the SIGKILL goes to the whole group, so nothing it
+    started outlives it. (The leader is not reaped yet, so its group id cannot have been reused.)
+    """
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        log.warning("pid %d still ran %.0f s after SIGTERM; killing it", proc.pid, timeout_s)
-        proc.kill()
+        log.warning(
+            "pid %d still ran %.0f s after SIGTERM; killing it and its process group",
+            proc.pid,
+            timeout_s,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=KILL_WAIT_S)
 
 
@@ -241,6 +256,7 @@ class ServerProcess:
                     stderr=subprocess.STDOUT,
                     env=self._environment(),
                     close_fds=True,
+                    process_group=0,  # see _terminate; Ctrl-C reaches only the launcher
                 )
             self.wanted = True
             self._finalizer = weakref.finalize(self, _terminate_quietly, self.proc, 5.0)
@@ -287,7 +303,7 @@ class ServerProcess:
                     pass
                 time.sleep(0.1)
 
-    def stop(self, timeout_s: float = 10.0) -> int | None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit status.
 
         Raises:

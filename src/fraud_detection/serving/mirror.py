@@ -714,6 +714,24 @@ def set_priority(priority: str) -> None:
         log.warning("mirror: could not set the producer's priority to %s: %s", priority, exc)
 
 
+def restore_priority(pid: int) -> bool:
+    """Give process ``pid`` normal CPU priority again (undo :func:`set_priority`).
+
+    Used when the producer must finish: a stop should not wait for idle CPU time that a busy
+    machine never has. Leaving ``SCHED_IDLE`` or lowering a niceness needs ``CAP_SYS_NICE`` (or
+    a permissive ``RLIMIT_NICE``); without it nothing changes and ``False`` is returned.
+    """
+    try:
+        if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+            os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+        if os.getpriority(os.PRIO_PROCESS, pid) > 0:
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except (OSError, AttributeError) as exc:  # gone, not permitted, or not Linux
+        log.debug("mirror: could not restore the priority of pid %d: %s", pid, exc)
+        return False
+    return True
+
+
 class _Shared:
     """Counts one producer process publishes to its parent, through shared memory.
 
@@ -901,7 +919,9 @@ class ProcessMirror(_DropCounts):
         """Hand over what is buffered, let the producer deliver what it can within ``timeout_s``
         and stop; returns once every offered record is counted as sent or dropped.
 
-        A producer process that has not exited :data:`STOP_GRACE_S` after ``timeout_s`` is
+        The producer first gets normal CPU priority back where that is permitted (see
+        :func:`restore_priority`), so a saturated CPU does not starve its last deliveries. A
+        producer process that has not exited :data:`STOP_GRACE_S` after ``timeout_s`` is
         killed; what it had not resolved is then counted as ``stopped`` (``unconfirmed`` for
         what it had handed to its producer).
         """
@@ -917,6 +937,7 @@ class ProcessMirror(_DropCounts):
                 self._thread.join()  # a send blocked on a hung child ends when it is killed
             child = self._child
             if child is not None and child.settled_as is None:
+                restore_priority(child.process.pid)  # a stop does not wait for idle CPU time
                 self._hand_over(child)
                 with contextlib.suppress(OSError):
                     child.connection.send(("stop", max(deadline - time.monotonic(), 0.0)))
