@@ -9,14 +9,23 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.pipeline_cli import EXIT_INVALID_ARGUMENTS
 from fraud_detection.pipeline_cli import register as register_pipeline
 from fraud_detection.serve_cli import register as register_serving
+
+#: The distribution whose version ``fraud --version`` prints.
+DISTRIBUTION = "fraud-detection"
 
 app = typer.Typer(
     help="Real-time card fraud detection on Kubeflow Pipelines and KServe.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help, for every command: help text is printed as written (rich markup would read
+    # "[default: ...]" as a style tag and drop it), flags show no value type, and long words
+    # wrap instead of being cut. Lines use the terminal's width, up to 120 columns.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -26,6 +35,32 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error to stderr and return the exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def _print_version(value: bool) -> None:
+    """The eager ``--version`` option: print the installed package's version and exit."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version(DISTRIBUTION)
+    except PackageNotFoundError:
+        installed = "unknown (the package is not installed)"
+    console.print(f"{DISTRIBUTION} {installed}", markup=False, highlight=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Real-time card fraud detection on Kubeflow Pipelines and KServe."""
 
 
 @app.command()
@@ -66,11 +101,14 @@ def generate(
             drift_start_day=drift_start_day,
         )
     except ValueError as exc:
-        raise fail(str(exc), code=2) from exc
+        raise fail(str(exc), code=EXIT_INVALID_ARGUMENTS) from exc
     if (holdout_days > 0) != (holdout_out is not None):
-        raise fail("--holdout-days and --holdout-out go together", code=2)
+        raise fail("--holdout-days and --holdout-out go together", code=EXIT_INVALID_ARGUMENTS)
     if holdout_days >= days:
-        raise fail(f"--holdout-days must be below --days ({days}), got {holdout_days}", code=2)
+        raise fail(
+            f"--holdout-days must be below --days ({days}), got {holdout_days}",
+            code=EXIT_INVALID_ARGUMENTS,
+        )
     with console.status(f"generating {transactions:,} transactions"):
         frame = generate_transactions(config)
     cut = config.start_timestamp + pd.Timedelta(days=days - holdout_days)
@@ -81,7 +119,7 @@ def generate(
         try:
             write_transactions(part, path)
         except ValueError as exc:
-            raise fail(str(exc), code=2) from exc
+            raise fail(str(exc), code=EXIT_INVALID_ARGUMENTS) from exc
         console.print(f"wrote {len(part):,} transactions to {path}")
 
 
@@ -92,17 +130,22 @@ def validate(
         bool, typer.Option("--unlabelled", help="Check as scoring requests (no is_fraud).")
     ] = False,
 ) -> None:
-    """Check transaction files against the canonical schema; exit 1 with a report if invalid."""
-    from fraud_detection.data.files import UnknownSchemaError, read_transactions
+    """Check transaction files against the canonical schema; exit 1 with a report if invalid.
+
+    Example rows are named by where they are: the line of a CSV file (the header is line 1),
+    the row of a Parquet file (counted from 0), after the file's name when there are several.
+    """
+    from fraud_detection.data.files import UnknownSchemaError, locate_rows, read_transaction_files
     from fraud_detection.data.validation import summarize, validate_transactions
 
     try:
-        frame = read_transactions(paths)
+        frame, sources = read_transaction_files(paths)
     except (FileNotFoundError, UnknownSchemaError, ValueError) as exc:
         raise fail(str(exc)) from exc
     report = validate_transactions(frame, labelled=not unlabelled)
     if not report.ok:
-        err_console.print(report.render())
+        examples = {row for failure in report.failures for row in failure.examples}
+        err_console.print(report.render(locate_rows(sources, examples)))
         raise typer.Exit(1)
     console.print(f"[green]valid[/]: {len(frame):,} rows")
     console.print(summarize(frame))
@@ -130,7 +173,9 @@ def kafka_up(
     topic: Annotated[
         list[str] | None,
         typer.Option(
-            "--topic", help="Topic to create (repeatable) [default: the project's topics]."
+            "--topic",
+            metavar="NAME",
+            help="Topic to create (repeatable) [default: the project's topics].",
         ),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per created topic.")] = 1,

@@ -5,20 +5,66 @@ when no input is given) and writes ``metrics.json`` and ``report.html``; ``compi
 and ``schedule`` target a Kubeflow Pipelines cluster. ``model list`` and ``model rollback``
 manage the local model registry. Commands parse arguments and call the library; kfp and the
 training code are imported only when a command runs.
+
+Every pipeline argument is checked
+(:func:`~fraud_detection.pipeline.parameters.check_parameters`) before a step runs or anything is
+sent to a cluster. The exit statuses are the ``EXIT_*`` constants below; :data:`RUN_EXIT_CODES`
+and :data:`CLUSTER_EXIT_CODES` say what each means for ``run`` and for ``submit``/``schedule``,
+and the commands' help shows them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from fraud_detection.schema import DEFAULT_THRESHOLD
+from fraud_detection.training.gate import GateConfig
+
+if TYPE_CHECKING:
+    from fraud_detection.pipeline.parameters import ParameterError
+
+#: Success: the model passed the gate and was deployed (``run``); the cluster accepted the run
+#: or the schedule (``submit``, ``schedule``).
+EXIT_OK = 0
+#: A pipeline step failed (``run``); the cluster could not be reached or refused the request.
+EXIT_FAILED = 1
+#: Invalid arguments: nothing ran and nothing was sent.
+EXIT_INVALID_ARGUMENTS = 2
+#: The run completed but the gate refused the model: it was exported and reported, not deployed.
+EXIT_GATE_REFUSED = 3
+#: What each exit status of ``fraud pipeline run`` means.
+RUN_EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "the model passed the gate and was deployed",
+    EXIT_FAILED: "a step failed (the error names it)",
+    EXIT_INVALID_ARGUMENTS: "invalid arguments, no step ran",
+    EXIT_GATE_REFUSED: "the gate refused the model: exported and reported, not deployed",
+}
+#: What each exit status of ``fraud pipeline submit`` and ``schedule`` means.
+CLUSTER_EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "the cluster accepted the request",
+    EXIT_FAILED: "the cluster could not be reached or refused the request",
+    EXIT_INVALID_ARGUMENTS: "invalid arguments, nothing was sent",
+}
+#: Environment variable holding the bearer token for a multi-user Kubeflow Pipelines.
+TOKEN_ENV = "FRAUD_KFP_TOKEN"
+
+
+def exit_status_help(codes: Mapping[int, str]) -> str:
+    """The ``Exit status: 0 ...; 1 ...`` sentence of a command's help."""
+    return "Exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in codes.items()) + "."
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,9 +84,31 @@ RegistryOption = Annotated[
     ),
 ]
 HostOption = Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint URL.")]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        help="The user's profile namespace in a multi-user Kubeflow (where the run and its "
+        "experiment live; the model's InferenceService namespace is --param namespace=...).",
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="Bearer token for the Kubeflow Pipelines API (multi-user deployments); prefer the "
+        "environment variable, which other users cannot see in the process list.",
+    ),
+]
 ParamOption = Annotated[
     list[str] | None,
-    typer.Option("--param", help="Any pipeline parameter as KEY=VALUE (repeatable)."),
+    typer.Option(
+        "--param",
+        metavar="KEY=VALUE",
+        help="Any pipeline parameter (repeatable); wins over an option that sets the same one.",
+    ),
 ]
 PackageOption = Annotated[
     Path | None,
@@ -52,7 +120,7 @@ ImageOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
@@ -63,34 +131,84 @@ def _registry_root(registry: Path | None) -> Path:
     return (registry or default_registry_root()).resolve()
 
 
+def _invalid(error: ParameterError, labels: Mapping[str, str]) -> typer.Exit:
+    """Exit 2 with the error, naming the option (or ``--param NAME``) that set the parameter."""
+    if error.name is None:
+        return _fail(str(error), EXIT_INVALID_ARGUMENTS)
+    label = labels.get(error.name, f"--param {error.name}")
+    return _fail(f"{label}: {error.reason}", EXIT_INVALID_ARGUMENTS)
+
+
 def _parameters(pairs: list[str] | None) -> dict[str, Any]:
-    from fraud_detection.pipeline.client import ScheduleError, parse_parameters
+    """``--param KEY=VALUE`` options as typed pipeline arguments (exit 2 when malformed)."""
+    from fraud_detection.pipeline.parameters import ParameterError, parse_parameters
 
     try:
         return parse_parameters(pairs or [])
-    except ScheduleError as exc:
-        raise _fail(str(exc), code=2) from exc
+    except ParameterError as exc:
+        if exc.name is None:
+            raise _fail(f"--param {exc.reason}", EXIT_INVALID_ARGUMENTS) from exc
+        raise _invalid(exc, {}) from exc
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Silence library logging (the kfp client logs every retry with a traceback)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _default_output_dir() -> Path:
     return Path("runs") / datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
 
-@pipeline_app.command("run")
+#: The ``run`` options that set a pipeline parameter, by parameter (for error messages).
+RUN_OPTIONS: dict[str, str] = {
+    "data": "--data",
+    "registry_dir": "--registry",
+    "min_recall": "--min-recall",
+    "min_f1": "--min-f1",
+    "threshold": "--threshold",
+    "seed": "--seed",
+    "split": "--split",
+    "train_start": "--train-start",
+    "train_end": "--train-end",
+    "test_start": "--test-start",
+    "test_end": "--test-end",
+    "kafka_topic": "--kafka-topic",
+    "kafka_bootstrap": "--kafka-bootstrap",
+    "kafka_max_records": "--kafka-max-records",
+}
+
+
+@pipeline_app.command("run", epilog=exit_status_help(RUN_EXIT_CODES))
 def run(
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Input files or globs (CSV, CSV.gz, Parquet); repeatable."),
+        typer.Option(
+            "--data",
+            metavar="PATH",
+            help="Input file or glob (CSV, CSV.gz, Parquet); repeat for several: "
+            "--data a.csv --data 'b/*.parquet'.",
+        ),
     ] = None,
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/run-<UTC time>).")
     ] = None,
     registry: RegistryOption = None,
-    min_recall: Annotated[float | None, typer.Option(help="Gate: minimum recall.")] = None,
-    min_f1: Annotated[float | None, typer.Option(help="Gate: minimum F1.")] = None,
+    min_recall: Annotated[
+        float, typer.Option(help="Gate: minimum recall at the threshold, in [0, 1].")
+    ] = GateConfig.min_recall,
+    min_f1: Annotated[
+        float, typer.Option(help="Gate: minimum F1 at the threshold, in [0, 1].")
+    ] = GateConfig.min_f1,
     threshold: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Fraud threshold (default 0.1).")
-    ] = None,
+        float, typer.Option(help="Fraud threshold: flag a probability at least this, in (0, 1).")
+    ] = DEFAULT_THRESHOLD,
     seed: Annotated[
         int, typer.Option(help="Seed of the split, the forest and generated data.")
     ] = 42,
@@ -119,29 +237,31 @@ def run(
     days: Annotated[int, typer.Option(min=1, help="Without --data: days to generate.")] = 60,
     param: ParamOption = None,
 ) -> None:
-    """Run the whole pipeline locally with kfp.local and write metrics.json and report.html."""
-    from fraud_detection.pipeline.local import PipelineRunError, run_local, write_run_summary
-    from fraud_detection.training.dataset import SPLITS
+    """Run the whole pipeline locally with kfp.local and write metrics.json and report.html.
 
-    if split not in SPLITS:
-        raise _fail(f"--split: must be one of {', '.join(SPLITS)}, got {split!r}", code=2)
+    Every argument is checked before the first step runs (or data are generated).
+    """
+    from fraud_detection.pipeline.local import PipelineRunError, run_local, write_run_summary
+    from fraud_detection.pipeline.parameters import ParameterError, check_parameters
+
     output_dir = (output_dir or _default_output_dir()).resolve()
     arguments: dict[str, Any] = {
         "seed": seed,
         "split": split,
-        "registry_dir": str(_registry_root(registry)),
-        "deploy_target": "local",
-    }
-    options = {
         "min_recall": min_recall,
         "min_f1": min_f1,
         "threshold": threshold,
+        "registry_dir": str(_registry_root(registry)),
+        "deploy_target": "local",
+    }
+    bounds = {
         "train_start": train_start,
         "train_end": train_end,
         "test_start": test_start,
         "test_end": test_end,
     }
-    arguments.update({name: value for name, value in options.items() if value is not None})
+    arguments.update({name: value for name, value in bounds.items() if value is not None})
+    generated = None
     if kafka_topic:
         arguments.update(
             kafka_topic=kafka_topic,
@@ -152,8 +272,17 @@ def run(
         # Absolute, so the components find them whatever their working directory.
         arguments["data"] = [os.path.abspath(os.path.expanduser(path)) for path in data]
     else:
-        arguments["data"] = [str(_generate(output_dir, transactions, cards, days, seed))]
-    arguments.update(_parameters(param))
+        generated = output_dir / "data" / "transactions.parquet"
+        arguments["data"] = [str(generated)]
+    params = _parameters(param)
+    arguments.update(params)
+    labels = {name: label for name, label in RUN_OPTIONS.items() if name not in params}
+    try:
+        check_parameters(arguments)
+    except ParameterError as exc:
+        raise _invalid(exc, labels) from exc
+    if generated is not None:
+        _generate(generated, transactions, cards, days, seed)
 
     console.print(f"running the pipeline locally; outputs in {output_dir}")
     try:
@@ -168,20 +297,23 @@ def run(
             err_console.print(Markdown(exc.report_path.read_text()))
             err_console.print(f"report: {exc.report_path}")
         err_console.print(f"full log: {exc.log_path}")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(EXIT_FAILED) from exc
     metrics_path = write_run_summary(result)
     _print_summary(result, metrics_path)
+    if not result.gate_passed:
+        err_console.print(
+            f"the gate refused the model; nothing was deployed (exit status {EXIT_GATE_REFUSED})"
+        )
+        raise typer.Exit(EXIT_GATE_REFUSED)
 
 
-def _generate(output_dir: Path, transactions: int, cards: int, days: int, seed: int) -> Path:
+def _generate(path: Path, transactions: int, cards: int, days: int, seed: int) -> Path:
     from fraud_detection.data.files import write_transactions
     from fraud_detection.data.generator import GeneratorConfig, generate_transactions
 
     config = GeneratorConfig(n_transactions=transactions, n_cards=cards, days=days, seed=seed)
     with console.status(f"generating {transactions:,} transactions"):
-        path = write_transactions(
-            generate_transactions(config), output_dir / "data" / "transactions.parquet"
-        )
+        path = write_transactions(generate_transactions(config), path)
     console.print(f"generated {transactions:,} transactions into {path}")
     return path
 
@@ -227,7 +359,7 @@ def compile_(
             console.print(f"wrote {written}")
 
 
-@pipeline_app.command("submit")
+@pipeline_app.command("submit", epilog=exit_status_help(CLUSTER_EXIT_CODES))
 def submit(
     host: HostOption,
     param: ParamOption = None,
@@ -235,19 +367,39 @@ def submit(
     experiment: Annotated[str, typer.Option(help="Experiment name.")] = "fraud-detection",
     run_name: Annotated[str | None, typer.Option(help="Run name shown in the UI.")] = None,
     image: ImageOption = None,
+    namespace: NamespaceOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Start one run of the pipeline on a Kubeflow Pipelines cluster."""
+    """Start one run of the pipeline on a Kubeflow Pipelines cluster.
+
+    The arguments are checked before anything is sent.
+    """
     from fraud_detection.pipeline import client
+    from fraud_detection.pipeline.parameters import ParameterError
 
     arguments = _parameters(param)
     try:
-        result = client.submit(host, arguments, package, experiment, run_name, image)
+        with _quiet_logs():
+            result = client.submit(
+                host,
+                arguments,
+                package,
+                experiment,
+                run_name,
+                image,
+                namespace=namespace,
+                token=token,
+            )
+    except ParameterError as exc:
+        raise _invalid(exc, {}) from exc
     except FileNotFoundError as exc:
-        raise _fail(str(exc), code=2) from exc
+        raise _fail(str(exc), EXIT_INVALID_ARGUMENTS) from exc
+    except client.ClusterError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from exc
     console.print(f"submitted run {getattr(result, 'run_id', result)} to {host}")
 
 
-@pipeline_app.command("schedule")
+@pipeline_app.command("schedule", epilog=exit_status_help(CLUSTER_EXIT_CODES))
 def schedule(
     host: HostOption,
     cron: Annotated[
@@ -258,15 +410,36 @@ def schedule(
     experiment: Annotated[str, typer.Option(help="Experiment name.")] = "fraud-detection",
     name: Annotated[str, typer.Option(help="Recurring run name.")] = "fraud-training-monthly",
     image: ImageOption = None,
+    namespace: NamespaceOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Create a recurring run (one at a time, no catch-up) on a Kubeflow Pipelines cluster."""
+    """Create a recurring run (one at a time, no catch-up) on a Kubeflow Pipelines cluster.
+
+    The cron and the arguments are checked before anything is sent.
+    """
     from fraud_detection.pipeline import client
+    from fraud_detection.pipeline.parameters import ParameterError
 
     arguments = _parameters(param)
     try:
-        result = client.schedule(host, cron, arguments, package, experiment, name, image)
+        with _quiet_logs():
+            result = client.schedule(
+                host,
+                cron,
+                arguments,
+                package,
+                experiment,
+                name,
+                image,
+                namespace=namespace,
+                token=token,
+            )
+    except ParameterError as exc:
+        raise _invalid(exc, {}) from exc
     except (client.ScheduleError, FileNotFoundError) as exc:
-        raise _fail(str(exc), code=2) from exc
+        raise _fail(str(exc), EXIT_INVALID_ARGUMENTS) from exc
+    except client.ClusterError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from exc
     console.print(
         f"scheduled {name!r} on {cron!r} (UTC): {getattr(result, 'recurring_run_id', result)}"
     )

@@ -87,6 +87,8 @@ class ModelRegistry:
     def rollback(self, version: str | None = None) -> str:
         """Point ``current`` at ``version``, or at the version promoted before the current one."""
         models = self.list()
+        if not models:
+            raise ValueError(f"the registry at {self.root} is empty: no model to roll back to")
         if version is None:
             current = self.current_version()
             names = [model.version for model in models]

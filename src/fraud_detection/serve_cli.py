@@ -55,6 +55,13 @@ class Clock(enum.StrEnum):
     event = "event"
 
 
+class LogFormat(enum.StrEnum):
+    """The servers' log format."""
+
+    text = "text"
+    json = "json"
+
+
 def serve(
     model_dir: Annotated[
         Path | None,
@@ -84,7 +91,20 @@ def serve(
     mirror: Annotated[bool, typer.Option(help="Mirror scored transactions to Kafka.")] = True,
     topic: Annotated[str | None, typer.Option(help="Mirror topic.")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    log_dir: Annotated[Path | None, typer.Option(help="Keep the servers' logs here.")] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the servers' logs here, after stop too. Default: logs/ in "
+            "$FRAUD_STATE_DIR or ./.fraud."
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="The servers' logs: text lines, or one JSON object per line (time, level, "
+            "logger, pid, message, exception)."
+        ),
+    ] = LogFormat.text,
     clock: Annotated[
         Clock,
         typer.Option(
@@ -115,6 +135,16 @@ def serve(
     restart_window: Annotated[
         float, typer.Option(min=0.001, help="The restart limit's window, in seconds.")
     ] = 60.0,
+    max_instances: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most instances per request; more get 413 (default 1,000)."),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Largest request body in bytes; larger ones get 413 (default 1 MiB)."
+        ),
+    ] = None,
 ) -> None:
     """Start predictor and transformer (and a local Kafka broker) until Ctrl-C or SIGTERM.
 
@@ -144,13 +174,16 @@ def serve(
         threshold=threshold,
         collocated=collocated,
         log_dir=log_dir,
+        log_format=log_format.value,
+        max_instances=max_instances,
+        max_body_bytes=max_body_bytes,
         clock=clock.value,
         state_dir=None if no_state else (state_dir or default_serving_state_dir()),
         checkpoint_interval_s=checkpoint_interval,
         max_restarts=max_restarts,
         restart_window_s=restart_window,
     )
-    _log_supervision()
+    _log_supervision(log_format.value)
     source = model_dir if model_dir is not None else f"registry {registry} (current, followed)"
     code = run_stack(ServingStack(config), str(source))
     if code != EXIT_OK:
@@ -173,10 +206,14 @@ def _registry_or_exit(model_dir: Path | None, registry: Path | None) -> Path | N
     return registry
 
 
-def _log_supervision() -> None:
-    """Show the supervisor's messages (exits, restarts, stop failures) on stderr."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("fraud_detection.serving.launcher").setLevel(logging.INFO)
+def _log_supervision(log_format: str) -> None:
+    """Show the supervisor's messages (exits, restarts, stop failures) on stderr, in the
+    servers' log format."""
+    from fraud_detection.serving.app import install_log_handler
+
+    install_log_handler(
+        log_format, {"": logging.WARNING, "fraud_detection.serving.launcher": logging.INFO}
+    )
 
 
 def run_stack(stack: ServingStack, source: str) -> int:
@@ -196,6 +233,7 @@ def run_stack(stack: ServingStack, source: str) -> int:
         for name, url in stack.urls().items():
             typer.echo(f"{name:>26}: {url}")
         typer.echo(f"{'model':>26}: {source}")
+        typer.echo(f"{'logs (kept after stop)':>26}: {stack.log_dir}")
         typer.echo("Ctrl-C or SIGTERM stops everything; SIGHUP reloads the model.")
         stack.supervise(stop)
     except (ServerStartError, BrokerError, BundleError, OSError) as exc:

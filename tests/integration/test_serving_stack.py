@@ -12,9 +12,11 @@ server answers again, a log line was written) with a generous deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,10 +38,12 @@ from fraud_detection.registry import ModelRegistry
 from fraud_detection.serving.demo import held_out, score_over_http, to_instance
 from fraud_detection.serving.launcher import (
     PREDICTOR_MODULE,
+    STOP_TIMEOUT_S,
     ServerProcess,
     ServerStartError,
     ServingStack,
     StackConfig,
+    StopError,
 )
 from fraud_detection.serving.mirror import DROP_REASONS
 from fraud_detection.streaming.broker import LOOPBACK, LocalBroker, free_port
@@ -52,6 +56,8 @@ TOPIC = "it-fraud-mirror"
 LAUNCHER_LOGGER = "fraud_detection.serving.launcher"
 #: Deadline for any awaited event; generous, so a slow, loaded machine passes too.
 DEADLINE_S = 60.0
+#: One line of the servers' text log format (UTC time, pid, level, logger, message).
+TEXT_LOG_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \d+ [A-Z]+ [\w.]+: .*"
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, failure: str) -> Any:
@@ -110,14 +116,13 @@ def stack(
         clock="event",
         state_dir=tmp_path_factory.mktemp("serving-state"),
         checkpoint_interval_s=1.0,
+        max_instances=100,
         predictor_args=["--reload_interval", "0.3"],
         transformer_args=[
             "--reload_interval",
             "0.3",
             "--mirror_delivery_timeout_ms",
             "3000",
-            "--max_instances",
-            "100",
             # The default idle priority lets a saturated CPU starve the producer (by design:
             # scoring first, drops counted); these tests check what is mirrored, on any load.
             "--mirror_priority",
@@ -194,6 +199,23 @@ def metric(client: httpx.Client, base: str, name: str, labels: str = "") -> floa
     return 0.0
 
 
+def families(client: httpx.Client, base: str) -> dict[str, Any]:
+    """The ``fraud_*`` metric families a server exports, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get(f"{base}/metrics").text
+    return {
+        family.name: family
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("fraud_")
+    }
+
+
+def log_lines(server: ServerProcess | None) -> list[str]:
+    assert server is not None
+    return server.log_path.read_text().splitlines()
+
+
 def test_scored_end_to_end_and_mirrored(
     stack: ServingStack, broker: Broker, client: httpx.Client, serving_data: SplitData
 ) -> None:
@@ -220,6 +242,74 @@ def test_scored_end_to_end_and_mirrored(
         assert value["fraud_probability"] == prediction["fraud_probability"]
         assert (value["model_version"], value["is_fraud"]) == ("test-1", prediction["is_fraud"])
     assert len({records[p["transaction_id"]].headers[1] for p in predictions}) == 3  # ce_id
+
+
+def test_scoring_is_counted_on_the_metrics_endpoints(
+    stack: ServingStack, client: httpx.Client, serving_data: SplitData
+) -> None:
+    assert stack.predictor is not None
+    names = (
+        "fraud_transactions_scored_total",
+        "fraud_transactions_flagged_total",
+        "fraud_probability_count",
+        "fraud_live_cards",
+    )
+    before = {name: metric(client, stack.url, name) for name in names}
+    batch = fresh_instances(serving_data, 8)
+    batch[0]["card_id"] = f"card-{uuid.uuid4().hex}"  # a card the live state has not seen
+    response = client.post(stack.predict_url, json={"instances": batch})
+    assert response.status_code == 200, response.text
+    flagged = sum(p["is_fraud"] for p in response.json()["predictions"])
+    grown = {name: metric(client, stack.url, name) - before[name] for name in names}
+    assert grown == {
+        "fraud_transactions_scored_total": 8,
+        "fraud_transactions_flagged_total": flagged,
+        "fraud_probability_count": 8,
+        "fraud_live_cards": 1,
+    }
+    for base in (stack.url, stack.predictor.url):
+        exported = families(client, base)
+        assert {"fraud_model_info", "fraud_model_switches", "fraud_requests_rejected"} <= set(
+            exported
+        )
+        assert all(family.documentation for family in exported.values()), exported
+        (info,) = exported["fraud_model_info"].samples
+        assert info.labels == {"version": "test-1"} and info.value == 1.0
+    exported = families(client, stack.url)
+    assert {"fraud_transactions_scored", "fraud_probability", "fraud_live_cards"} <= set(exported)
+    assert {"fraud_mirror_sent", "fraud_predictor_failures"} <= set(exported)
+    buckets = {
+        sample.labels["le"]
+        for sample in exported["fraud_probability"].samples
+        if sample.name == "fraud_probability_bucket"
+    }
+    assert {"0.09", "0.1", "0.11"} <= buckets  # resolves around the 0.1 threshold
+
+
+def test_refusals_are_counted_by_reason_on_the_server_that_refused(
+    stack: ServingStack, client: httpx.Client
+) -> None:
+    labels = {reason: f'{{reason="{reason}"}}' for reason in ("bad_request", "not_found")}
+    before = {
+        r: metric(client, stack.url, "fraud_requests_rejected_total", labels[r]) for r in labels
+    }
+    assert client.post(stack.predict_url, content=b"{", headers=JSON).status_code == 400
+    assert client.get(f"{stack.url}/v1/models/{uuid.uuid4().hex}").status_code == 404
+    assert client.get(f"{stack.url}/{uuid.uuid4().hex}").status_code == 404
+    after = {
+        r: metric(client, stack.url, "fraud_requests_rejected_total", labels[r]) for r in labels
+    }
+    assert (
+        after["bad_request"] - before["bad_request"],
+        after["not_found"] - before["not_found"],
+    ) == (
+        1,
+        2,
+    )
+    reasons = {
+        s.labels["reason"] for s in families(client, stack.url)["fraud_requests_rejected"].samples
+    }
+    assert not any(len(reason) == 32 for reason in reasons)  # no path or model name as a label
 
 
 def test_demo_scoring_over_http(stack: ServingStack, serving_data: SplitData) -> None:
@@ -345,6 +435,8 @@ def test_predictor_down_answers_503_and_recovers(
     stack: ServingStack, client: httpx.Client, serving_data: SplitData
 ) -> None:
     assert stack.predictor is not None
+    unavailable = metric(client, stack.url, "fraud_requests_unavailable_total")
+    refused = metric(client, stack.url, "fraud_predictor_failures_total", '{kind="connection"}')
     stack.predictor.stop()
     try:
         for _ in range(3):
@@ -353,6 +445,11 @@ def test_predictor_down_answers_503_and_recovers(
             )
             assert_predictor_unavailable(response)
         assert client.get(f"{stack.url}/v1/models/fraud-detector").status_code == 200
+        assert metric(client, stack.url, "fraud_requests_unavailable_total") == unavailable + 3
+        assert (
+            metric(client, stack.url, "fraud_predictor_failures_total", '{kind="connection"}')
+            == refused + 3
+        )
     finally:
         stack.predictor.start().wait_ready()
     # Back without any action on the transformer.
@@ -363,6 +460,7 @@ def test_a_hung_predictor_answers_503(
     stack: ServingStack, client: httpx.Client, serving_data: SplitData
 ) -> None:
     assert stack.predictor is not None
+    timeouts = metric(client, stack.url, "fraud_predictor_failures_total", '{kind="timeout"}')
     stack.predictor.signal(signal.SIGSTOP)  # alive, connections accepted, never answers
     try:
         response = client.post(
@@ -371,6 +469,10 @@ def test_a_hung_predictor_answers_503(
     finally:
         stack.predictor.signal(signal.SIGCONT)
     assert_predictor_unavailable(response, "within 0.5 s")  # the transformer's deadline
+    assert (
+        metric(client, stack.url, "fraud_predictor_failures_total", '{kind="timeout"}')
+        == timeouts + 1
+    )
     score_until_ok(client, stack, serving_data, "scoring did not recover after SIGCONT")
 
 
@@ -587,12 +689,39 @@ def test_model_update_switches_without_failing_requests(
     assert not failures, failures
     assert versions and versions[0] == "test-1" and versions[-1] == "test-2"
     assert set(statuses) == {200}, f"non-200 answers during the switch: {set(statuses)}"
-    # Both sides switched: the transformer reports the predictor's version, and an explicit
-    # reload (SIGHUP) of an unchanged source keeps serving: every answer during and after the
-    # reload is a 200 from test-2 (the servers do not expose when the reload finished).
-    assert stack.transformer is not None and stack.predictor is not None
-    for server in (stack.predictor, stack.transformer):
+    # Both sides switched: the transformer reports the predictor's version; each server logs the
+    # switch with both versions and exports the one it serves.
+    servers = {"predictor": stack.predictor, "transformer": stack.transformer}
+    for role, server in servers.items():
+        assert server is not None
+        switched = f"{role} switched model from test-1 to test-2"
+        wait_for(
+            lambda server=server, switched=switched: any(
+                switched in line for line in log_lines(server)
+            ),
+            DEADLINE_S,
+            f"the {role} logged no switch to test-2",
+        )
+        (info,) = families(client, server.url)["fraud_model_info"].samples
+        assert info.labels == {"version": "test-2"}
+    # An explicit reload (SIGHUP) of an unchanged source: each server loads the bundle again
+    # (counted and logged), and every answer during and after it is a 200 from test-2.
+    switches = {
+        role: metric(client, server.url, "fraud_model_switches_total")
+        for role, server in servers.items()
+    }
+    for server in servers.values():
         server.signal(signal.SIGHUP)
+    for role, server in servers.items():
+        wait_for(
+            lambda server=server, role=role: (
+                metric(client, server.url, "fraud_model_switches_total") > switches[role]
+            ),
+            DEADLINE_S,
+            f"the {role} did not reload on SIGHUP",
+        )
+        reloaded = f"{role} reloaded model test-2 from "
+        assert any(reloaded in line for line in log_lines(server)), log_lines(server)[-20:]
     for _ in range(20):
         batch = fresh_instances(serving_data, 1)
         response = client.post(stack.predict_url, json={"instances": batch})
@@ -681,6 +810,23 @@ def fraud_serve(bundle: Path, port: int, cwd: Path, *options: str) -> subprocess
     )
 
 
+def end_fraud_serve(proc: subprocess.Popen[str]) -> None:
+    """After a test (also a failed one): stop ``fraud serve`` as SIGTERM does; if it does not
+    end, kill it and every process it started, so that nothing outlives the test."""
+    if proc.poll() is not None:
+        return
+    family = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        family |= descendants(proc.pid)
+        for pid in (proc.pid, *family):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+
+
 def read_until_serving(proc: subprocess.Popen[str]) -> str:
     """``fraud serve``'s output up to the line saying it serves (fails if it exits first)."""
     lines = []
@@ -716,6 +862,9 @@ def test_fraud_serve_starts_everything_and_stops_on_sigterm(
         # The default state directory: serving/ under ./.fraud (FRAUD_STATE_DIR is unset).
         state_dir = tmp_path / ".fraud" / "serving"
         assert f"--state_dir {state_dir} " in command_line(transformer[0]), output
+        # The default log directory: logs/ under ./.fraud, printed in the banner.
+        logs = tmp_path / ".fraud" / "logs"
+        assert f"logs (kept after stop): {logs}\n" in output, output
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/models/fraud-detector:predict",
             json={"instances": fresh_instances(serving_data, 1)},
@@ -729,9 +878,126 @@ def test_fraud_serve_starts_everything_and_stops_on_sigterm(
         assert not [pid for pid in children if alive(pid)]
         assert_all_exit(family, output + rest)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        end_fraud_serve(proc)
+    # The logs are kept, cover the stop, and hold only records in the one text format: no
+    # deprecation warnings, no unclosed connection pool at the transformer's stop.
+    for name in ("transformer", "predictor"):
+        lines = (logs / f"{name}.log").read_text().splitlines()
+        assert any("Finished server process" in line for line in lines), lines[-10:]
+        foreign = [line for line in lines if not re.fullmatch(TEXT_LOG_LINE, line)]
+        assert not foreign, foreign[:10]
+        noise = [line for line in lines if re.search(r"Warning|Unclosed|Traceback", line)]
+        assert not noise, noise
+    mirror_lines = [
+        line for line in (logs / "transformer.log").read_text().splitlines() if " kafka." in line
+    ]
+    assert mirror_lines  # the mirror's producer process logs in the same format
+
+
+def test_fraud_serve_logs_json_and_takes_the_request_limits(
+    serving_bundle: Path, serving_data: SplitData, tmp_path: Path
+) -> None:
+    """--log-format json reaches every process's records; --max-instances above the default
+    works end to end (the predictor's limits follow); beyond the limits a 413 names the field."""
+    port = free_port()
+    logs = tmp_path / "logs"
+    limits = ("--max-instances", "9000", "--max-body-bytes", "4000000")
+    proc = fraud_serve(
+        serving_bundle, port, tmp_path, "--log-dir", str(logs), "--log-format", "json", *limits
+    )
+    url = f"http://127.0.0.1:{port}/v1/models/fraud-detector:predict"
+    try:
+        output = read_until_serving(proc)
+        rows = serving_data.held_out.to_dict("records")
+        tag = uuid.uuid4().hex[:8]
+        batch = [
+            {**to_instance(rows[i % len(rows)]), "transaction_id": f"{tag}-{i}"}
+            for i in range(9_001)
+        ]
+        with httpx.Client(timeout=DEADLINE_S) as http:
+            response = http.post(url, json={"instances": batch[:9_000]})
+            assert response.status_code == 200, response.text[:500]
+            assert len(response.json()["predictions"]) == 9_000
+            response = http.post(url, json={"instances": batch})
+            assert response.status_code == 413 and response.json()["field"] == "instances"
+            padded = b'{"instances": [' + b" " * 4_000_000 + b"]}"
+            response = http.post(url, content=padded, headers=JSON)
+            assert response.status_code == 413 and response.json()["field"] == "body"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=DEADLINE_S)
+        assert proc.returncode == 0, output + rest
+    finally:
+        end_fraud_serve(proc)
+    for name in ("transformer", "predictor"):
+        lines = (logs / f"{name}.log").read_text().splitlines()
+        records = [json.loads(line) for line in lines]  # fails on a line that is not JSON
+        loggers = {record["logger"].split(".")[0] for record in records}
+        assert {"fraud_detection", "kserve", "uvicorn"} <= loggers, loggers
+        # No error in the server process (the mirror's producer process may log Kafka errors
+        # at stop: 9,000 records at once is a burst it may not deliver in time).
+        server = next(r["pid"] for r in records if r["logger"] == "kserve")
+        errors = [r for r in records if r["pid"] == server and r["level"] == "ERROR"]
+        assert not errors, errors
+    transformer_records = [json.loads(line) for line in (logs / "transformer.log").open()]
+    assert {record["pid"] for record in transformer_records if record["logger"].startswith("kafka")}
+
+
+def test_a_child_that_cannot_be_stopped_is_reported_and_serve_exits_4(
+    serving_bundle: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real servers; their stops are made to fail after stopping them for real: the transformer
+    as if it survived SIGKILL, the predictor with an error nobody expected."""
+    from fraud_detection.serve_cli import EXIT_STOP_FAILED, run_stack
+
+    caplog.set_level(logging.INFO, logger=LAUNCHER_LOGGER)
+    config = StackConfig(model_dir=serving_bundle, mirror=False, log_dir=tmp_path / "logs")
+    stack = ServingStack(config)
+    survived = StopError("the transformer (pid 1) is still alive 5 s after SIGKILL")
+
+    def failing_after_the_real_stop(server: ServerProcess, error: Exception) -> None:
+        real_stop = server.stop
+
+        def stop(timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+            real_stop(timeout_s)
+            raise error
+
+        monkeypatch.setattr(server, "stop", stop)
+
+    done = threading.Event()
+
+    def stop_when_serving() -> None:
+        deadline = time.monotonic() + 3 * DEADLINE_S  # the stack's own start limit is higher
+        while not done.is_set() and time.monotonic() < deadline:
+            transformer, predictor = stack.transformer, stack.predictor
+            if transformer is not None and predictor is not None and transformer.ready():
+                failing_after_the_real_stop(transformer, survived)
+                failing_after_the_real_stop(predictor, RuntimeError("deliberate"))
+                break
+            time.sleep(0.1)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)  # what run_stack stops on
+
+    # A SIGTERM arriving when run_stack is not running must not end the test run.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    stopper = threading.Thread(target=stop_when_serving)
+    stopper.start()
+    try:
+        code = run_stack(stack, "a test bundle")
+    finally:
+        done.set()
+        stopper.join(DEADLINE_S)
+        signal.signal(signal.SIGTERM, previous)
+    assert code == EXIT_STOP_FAILED
+    assert stack.transformer is not None and stack.predictor is not None
+    assert not stack.transformer.running and not stack.predictor.running
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert str(survived) in errors, errors
+    assert any("stopping the predictor" in m and "deliberate" in m for m in errors), errors
+    assert "2 process(es) could not be stopped" in capsys.readouterr().err
 
 
 def test_fraud_serve_gives_up_on_a_predictor_that_keeps_dying(
@@ -763,6 +1029,4 @@ def test_fraud_serve_gives_up_on_a_predictor_that_keeps_dying(
         assert f"log {logs / 'predictor.log'}" in output
         assert_all_exit(family, output)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        end_fraud_serve(proc)

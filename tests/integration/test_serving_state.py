@@ -56,6 +56,7 @@ def test_a_killed_transformer_resumes_from_its_checkpoint(
         model_dir=serving_bundle,
         mirror=False,
         collocated=True,
+        log_dir=tmp_path / "logs",
         transformer_args=[
             "--clock",
             "event",

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import struct
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -639,7 +641,11 @@ SERVER_SCRIPT = textwrap.dedent(
     from kserve import Model
     from kserve.model_server import parser as kserve_parser
 
-    from fraud_detection.serving.app import add_server_arguments, run_model_server
+    from fraud_detection.serving.app import (
+        add_server_arguments,
+        configure_logging,
+        run_model_server,
+    )
 
 
     class Failing(Model):
@@ -652,6 +658,7 @@ SERVER_SCRIPT = textwrap.dedent(
     parser = argparse.ArgumentParser(parents=[kserve_parser])
     add_server_arguments(parser)
     args = parser.parse_args()
+    configure_logging(args)
     model = Failing(args.model_name)
     model.ready = True
     run_model_server([model], args)
@@ -659,14 +666,14 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def start_failing_server(directory: Path) -> ServerProcess:
+def start_failing_server(directory: Path, *options: str) -> ServerProcess:
     """A real ``kserve.ModelServer`` process set up by :func:`run_model_server` (4 KiB bodies)."""
     script = directory / "failing_server.py"
     script.write_text(SERVER_SCRIPT)
     server = ServerProcess(
         "failing server",
         str(script),
-        ["--max_body_bytes", "4096", "--access_log", "false"],
+        ["--max_body_bytes", "4096", "--access_log", "false", *options],
         LOOPBACK,
         free_port(LOOPBACK),
         directory / "server.log",
@@ -764,3 +771,155 @@ def test_the_model_repository_endpoints_are_not_exposed(transformer_app: Any, ac
     response = call(transformer_app, "POST", f"/v2/repository/models/fraud-detector/{action}")
     assert_error(response, 404)
     assert call(transformer_app, "GET", "/v2/models/fraud-detector/ready").status_code == 200
+
+
+def test_the_model_repository_endpoints_are_not_exposed_by_a_real_server(
+    real_server: ServerProcess,
+) -> None:
+    """The server uvicorn runs is configured as build_app's: nobody can unload the model."""
+    with httpx.Client(timeout=10) as client:
+        for action in ("unload", "load"):
+            response = client.post(
+                f"{real_server.url}/v2/repository/models/fraud-detector/{action}"
+            )
+            assert_error(response, 404)
+        assert client.get(f"{real_server.url}/v1/models/fraud-detector").status_code == 200
+        assert client.post(real_server.url + V1, json={"instances": [1]}).status_code == 200
+
+
+# ---------------------------------------------------------------- metrics
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of the process's Prometheus registry (the one /metrics serves); 0 if absent."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def rejected(reason: str) -> float:
+    return sample("fraud_requests_rejected_total", {"reason": reason})
+
+
+def test_refused_requests_are_counted_by_a_bounded_reason(
+    predictor: Any, predictor_app: Any
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from fraud_detection.serving.metrics import OTHER_REASON, REJECTION_REASONS
+
+    small = build_app([predictor], max_body_bytes=1_000)
+    cases = [
+        (predictor_app, "POST", V1, {"content": b"{not json", "headers": JSON}, "bad_request"),
+        (predictor_app, "GET", "/v1/models/no-such-model", {}, "not_found"),
+        (predictor_app, "GET", f"/{uuid.uuid4().hex}", {}, "not_found"),
+        (predictor_app, "DELETE", V1, {}, "method_not_allowed"),
+        (small, "POST", V1, {"content": b" " * 2_000, "headers": JSON}, "too_large"),
+        (
+            predictor_app,
+            "POST",
+            V1,
+            {"content": b"{}", "headers": {"content-type": "text/csv"}},
+            "unsupported_media_type",
+        ),
+    ]
+    for app, method, path, options, reason in cases:
+        before = rejected(reason)
+        response = call(app, method, path, **options)
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+        assert rejected(reason) == before + 1, (method, path, reason)
+    reasons = {
+        sample_.labels["reason"]
+        for family in REGISTRY.collect()
+        if family.name == "fraud_requests_rejected"
+        for sample_ in family.samples
+    }
+    # The label values are the fixed set, whatever the requests asked for.
+    assert reasons == {*REJECTION_REASONS.values(), OTHER_REASON}
+
+
+def test_a_500_is_counted_as_failed(caplog: pytest.LogCaptureFixture) -> None:
+    app = build_app([failing_model()])
+    before = sample("fraud_requests_failed_total")
+    with caplog.at_level(logging.CRITICAL):
+        assert call(app, "POST", V1, json={"fail": "runtime"}).status_code == 500
+    assert sample("fraud_requests_failed_total") == before + 1
+
+
+def test_an_unreachable_predictor_is_a_counted_503(serving_bundle: Path) -> None:
+    from fraud_detection.serving.transformer import make_transformer
+
+    model = make_transformer(
+        "fraud-detector",
+        BundleSource(model_dir=serving_bundle),
+        predictor_host=f"{LOOPBACK}:{free_port(LOOPBACK)}",
+    )
+    model.load()
+    app = build_app([model])
+    unavailable = sample("fraud_requests_unavailable_total")
+    failures = sample("fraud_predictor_failures_total", {"kind": "connection"})
+    response = call(app, "POST", V1, json={"instances": [instance("unreachable")]})
+    assert_error(response, 503, "predictor")
+    assert response.headers["retry-after"] == "1"
+    assert sample("fraud_requests_unavailable_total") == unavailable + 1
+    assert sample("fraud_predictor_failures_total", {"kind": "connection"}) == failures + 1
+    asyncio.run(model.aclose())  # as the server does at stop
+
+
+# ---------------------------------------------------------------- logs
+def test_the_json_log_format_is_one_object_per_record() -> None:
+    from fraud_detection.serving.app import log_formatter
+
+    formatter = log_formatter("json")
+    try:
+        raise ValueError("deliberate")
+    except ValueError:
+        record = logging.LogRecord(
+            "fraud_detection.x", logging.ERROR, __file__, 1, "failed: %s", ("é\ud800",), None
+        )
+        record.exc_info = sys.exc_info()
+    line = formatter.format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert set(entry) == {"time", "level", "logger", "pid", "message", "exception"}
+    assert (entry["level"], entry["logger"], entry["message"]) == (
+        "ERROR",
+        "fraud_detection.x",
+        "failed: é\ud800",
+    )
+    assert entry["time"].endswith("Z") and "ValueError: deliberate" in entry["exception"]
+    text = log_formatter("text").format(record).splitlines()[0]
+    assert re.fullmatch(TEXT_LINE, text), text
+    with pytest.raises(ValueError, match="log format"):
+        log_formatter("xml")
+
+
+#: The first line of a record in the text format.
+TEXT_LINE = (
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: .*"
+)
+
+
+def test_a_real_server_logs_json_lines_without_noise_and_404s_without_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """Every line is a JSON record; a 404 is no error; the deprecation warnings KServe's
+    responses trigger are filtered; the 500 is one ERROR record with its traceback."""
+    server = start_failing_server(tmp_path, "--log_format", "json")
+    marker = uuid.uuid4().hex
+    try:
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{server.url}/v1/models/no-such-model").status_code == 404
+            assert client.get(f"{server.url}/v2/models/no-such-model/ready").status_code == 404
+            assert client.get(f"{server.url}/{marker}").status_code == 404
+            assert client.post(server.url + V1, json={"instances": [1]}).status_code == 200
+            assert client.get(f"{server.url}/v1/models/fraud-detector").status_code == 200
+            assert client.post(server.url + V1, json={"fail": marker}).status_code == 500
+    finally:
+        server.stop()  # the log is complete once the process has ended
+    lines = server.log_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
+    assert any(r["message"].startswith("Uvicorn running on") for r in records), lines[:20]
+    errors = [r for r in records if r["level"] in ("ERROR", "CRITICAL")]
+    assert len(errors) == 1, errors
+    assert f"RuntimeError: deliberate failure {marker}" in errors[0]["exception"]
+    assert not [r for r in records if r["logger"] == "py.warnings" or "Warning" in r["message"]]
+    assert not [r for r in records if "exception" in r and r is not errors[0]]

@@ -3,6 +3,7 @@ servers' argument parsers."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -11,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -34,24 +36,35 @@ def document() -> dict[str, Any]:
     return yaml.safe_load(SPEC.read_text())
 
 
-def sdk_client() -> Any:
-    """kserve's ApiClient, able to resolve the Kubernetes core types it refers to.
+def deserialize(document: dict[str, Any]) -> Any:
+    """The document read by kserve's ApiClient as a ``V1beta1InferenceService``.
 
     The kserve models name ``V1ObjectMeta``, ``V1Container`` and so on, which live in the
-    kubernetes client package; the SDK's deserializer only looks in ``kserve.models``.
+    kubernetes client package, while the SDK's deserializer only looks in ``kserve.models``:
+    they are lent to ``kserve.models`` for the call only, and removed afterwards.
     """
     import kserve
     import kubernetes.client.models as k8s
 
-    for name in dir(k8s):
-        if name.startswith("V1") and not hasattr(kserve.models, name):
-            setattr(kserve.models, name, getattr(k8s, name))
-    return kserve.ApiClient()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in dir(k8s):
+            if name.startswith("V1") and not hasattr(kserve.models, name):
+                patch.setattr(kserve.models, name, getattr(k8s, name), raising=False)
+        return kserve.ApiClient().deserialize(_Response(document), "V1beta1InferenceService")
 
 
 @pytest.fixture(scope="module")
 def isvc(document: dict[str, Any]) -> Any:
-    return sdk_client().deserialize(_Response(document), "V1beta1InferenceService")
+    return deserialize(document)
+
+
+def test_reading_the_spec_leaves_the_sdk_unchanged(document: dict[str, Any]) -> None:
+    import kserve
+
+    before = set(vars(kserve.models))
+    assert deserialize(document).metadata.name == "fraud-detector"
+    assert set(vars(kserve.models)) == before
+    assert not hasattr(kserve.models, "V1Container")
 
 
 def test_the_spec_is_an_inference_service_the_sdk_reads_without_loss(
@@ -62,7 +75,7 @@ def test_the_spec_is_an_inference_service_the_sdk_reads_without_loss(
     assert isinstance(isvc, kserve.V1beta1InferenceService)
     assert (isvc.api_version, isvc.kind) == ("serving.kserve.io/v1beta1", "InferenceService")
     # Every key survives a round trip through the SDK models: no misspelt or unknown field.
-    assert sdk_client().sanitize_for_serialization(isvc) == document
+    assert kserve.ApiClient().sanitize_for_serialization(isvc) == document
 
 
 def env(container: Any) -> dict[str, str]:
@@ -92,6 +105,50 @@ def test_transformer_and_predictor(isvc: Any) -> None:
     assert isvc.spec.transformer.min_replicas == isvc.spec.transformer.max_replicas == 1
     for container in (predictor_container, transformer_container):
         assert container.readiness_probe.http_get.path == f"/v1/models/{isvc.metadata.name}"
+
+
+def test_both_components_are_scraped_by_prometheus(isvc: Any) -> None:
+    """The scrape annotations name the port each server listens on and KServe's /metrics."""
+    from fraud_detection.serving import predictor, transformer
+
+    for component, parser, injected in (
+        (isvc.spec.predictor, predictor.build_parser(), []),
+        # KServe appends --model_name, --predictor_host and --http_port to the transformer.
+        (isvc.spec.transformer, transformer.build_parser(), ["--predictor_host", "p:80"]),
+    ):
+        (container,) = component.containers
+        annotations = component.annotations
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        (port,) = container.ports
+        args = parser.parse_args([*container.args, *injected])
+        assert annotations["prometheus.io/port"] == str(port.container_port) == str(args.http_port)
+        assert container.readiness_probe.http_get.port == port.container_port
+        assert args.log_format == "json"
+
+
+def test_the_metrics_endpoint_is_where_the_annotations_say(serving_bundle: Path) -> None:
+    """The servers' application serves the fraud_* metrics on the annotated path."""
+    from fraud_detection.serving.app import build_app
+    from fraud_detection.serving.model import BundleSource
+    from fraud_detection.serving.predictor import make_predictor
+
+    model = make_predictor("fraud-detector", BundleSource(model_dir=serving_bundle))
+    model.load()
+    app = build_app([model])
+    path = yaml.safe_load(SPEC.read_text())["spec"]["predictor"]["annotations"][
+        "prometheus.io/path"
+    ]
+
+    async def scrape() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get(path)
+
+    response = asyncio.run(scrape())
+    assert response.status_code == 200
+    assert 'fraud_model_info{version="test-1"} 1.0' in response.text
+    assert "# HELP fraud_requests_rejected_total " in response.text
 
 
 @pytest.mark.parametrize(

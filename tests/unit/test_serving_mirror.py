@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -37,12 +36,12 @@ from fraud_detection.serving.mirror import (
     record_headers,
     record_value,
 )
+from support.waiting import DEADLINE_S, wait_until
 
 ENTRY = MirrorEntry(
     "tx-1", "card-1", 1_772_359_200_000_000, [0.5] * len(FEATURE_NAMES), 0.25, True, 0.1, "v1"
 )
 NOBODY_LISTENS = "127.0.0.1:9"
-DEADLINE_S = 60.0
 
 
 def entries(count: int, cards: int = 7) -> list[MirrorEntry]:
@@ -60,15 +59,6 @@ def dropped_metric(reason: str) -> float:
 
 def queue_depth() -> float | None:
     return REGISTRY.get_sample_value("fraud_mirror_queue_depth")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout_s:g} s for {what}")
-        time.sleep(0.02)
 
 
 def assert_settled(stats: MirrorStats, offered: int) -> None:

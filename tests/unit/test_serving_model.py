@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from fraud_detection.serving.model import (
 )
 from fraud_detection.serving.requests import RequestError
 from support.bundles import SplitData
+from support.waiting import wait_until
 
 
 @pytest.fixture
@@ -136,27 +137,26 @@ def test_watcher_follows_the_registry(serving_bundle: Path, tmp_path: Path) -> N
     ).start()
     try:
         registry.promote(second)
-        deadline = time.monotonic() + 10
-        while not loaded and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: loaded, "the watcher to load the promoted version")
         assert loaded == ["test-2"]
-        # A broken bundle is not switched to; the old one keeps serving.
-        broken = Path(shutil.copytree(serving_bundle, tmp_path / "broken"))
+        # A bundle broken on disk is not switched to; the old one keeps serving. The version is
+        # damaged before `current` points at it, as a disk fault would leave it (promote and
+        # rollback verify, so they would refuse it).
+        broken = registry.versions_dir / "test-3"
+        shutil.copytree(serving_bundle, broken)
         manifest = read_manifest(broken)
         manifest.model_version = "test-3"
         write_manifest(broken, manifest)
-        registry.promote(broken)
-        (registry.current() / MODEL_ONNX).write_bytes(b"not a model")
-        deadline = time.monotonic() + 10
-        while not watcher.failures and time.monotonic() < deadline:
-            time.sleep(0.02)
+        (broken / MODEL_ONNX).write_bytes(b"not a model")
+        pointer = registry.root / ".current.test"
+        pointer.symlink_to(Path("versions") / "test-3")
+        os.replace(pointer, registry.pointer)
+        wait_until(lambda: watcher.failures, "the watcher to try the broken version")
         assert watcher.failures == 1 and loaded == ["test-2"]
         # An explicit reload of the fixed source loads again.
         registry.rollback("test-2")
         watcher.request_reload()
-        deadline = time.monotonic() + 10
-        while len(loaded) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(loaded) == 2, "the requested reload")
         assert loaded == ["test-2", "test-2"]
     finally:
         watcher.stop()

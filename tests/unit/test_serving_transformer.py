@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import math
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +250,31 @@ def test_the_threshold_compares_rounded_scores(
 
 
 def test_threshold_override(serving_bundle: Path, serving_data: SplitData) -> None:
-    model = make(serving_bundle, threshold=0.0)
-    predictions = score(model, {"instances": instances(serving_data, 5)})["predictions"]
-    assert all(p["is_fraud"] and p["threshold"] == 0.0 for p in predictions)
+    """An override between the batch's probabilities flags exactly those at or above it, and
+    changes the verdict of some transaction compared with the bundle's 0.1."""
+    batch = instances(serving_data, 60)
+    default = score(make(serving_bundle), {"instances": batch})["predictions"]
+    probabilities = sorted({p["fraud_probability"] for p in default})
+    default_flags = [p["is_fraud"] for p in default]
+
+    def flags_at(threshold: float) -> list[bool]:
+        return [p["fraud_probability"] >= threshold for p in default]
+
+    # A threshold at one of the scores, with scores on both sides and another verdict than 0.1.
+    threshold = next(
+        candidate
+        for candidate in probabilities[1:]
+        if flags_at(candidate) != default_flags and not all(flags_at(candidate))
+    )
+    predictions = score(make(serving_bundle, threshold=threshold), {"instances": batch})[
+        "predictions"
+    ]
+    assert [p["fraud_probability"] for p in predictions] == [
+        p["fraud_probability"] for p in default
+    ]
+    assert [p["is_fraud"] for p in predictions] == flags_at(threshold) != default_flags
+    assert any(p["is_fraud"] for p in predictions) and not all(p["is_fraud"] for p in predictions)
+    assert {p["threshold"] for p in predictions} == {threshold}
 
 
 def test_every_scored_transaction_is_handed_to_the_mirror(
@@ -376,10 +400,108 @@ def test_a_bad_bundle_on_switch_keeps_serving(serving_bundle: Path, tmp_path: Pa
     shutil.copytree(serving_bundle, broken)
     (broken / FEATURE_STATE).write_bytes(b"tampered")
     model = make(serving_bundle)
+    failures = sample("fraud_model_switch_failures_total")
     with pytest.raises(Exception, match=r"sha256|match"):
-        model._swap(broken)
+        model.load_bundle(broken)
+    assert sample("fraud_model_switch_failures_total") == failures + 1
+    assert model.served_version == "test-1"
+    assert sample("fraud_model_info", {"version": "test-1"}) == 1.0
     clock = snapshot_clock(serving_bundle)
     assert score(model, {"instances": [tx_at(clock, 60, 1)]})["predictions"]
+
+
+# ---------------------------------------------------------------- metrics
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of the process's Prometheus registry (the one /metrics serves); 0 if absent."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_answers_are_counted_in_the_metrics(serving_bundle: Path, serving_data: SplitData) -> None:
+    model = make(serving_bundle)
+    batch = instances(serving_data, 40)
+    names = (
+        "fraud_transactions_scored_total",
+        "fraud_transactions_flagged_total",
+        "fraud_probability_count",
+        "fraud_probability_sum",
+    )
+    before = {name: sample(name) for name in names}
+    at_threshold = sample("fraud_probability_bucket", {"le": "0.1"})
+    predictions = score(model, {"instances": batch})["predictions"]
+    # A refused request counts no transaction.
+    assert refused(model, {"instances": [{**batch[0], "amt": -1.0}]}).status == 400
+    grown = {name: sample(name) - before[name] for name in names}
+    probabilities = [p["fraud_probability"] for p in predictions]
+    flagged = sum(p["is_fraud"] for p in predictions)
+    assert 0 < flagged < len(batch)
+    assert grown["fraud_transactions_scored_total"] == grown["fraud_probability_count"] == 40
+    assert grown["fraud_transactions_flagged_total"] == flagged
+    assert grown["fraud_probability_sum"] == pytest.approx(sum(probabilities))
+    below = sum(probability <= 0.1 for probability in probabilities)
+    assert sample("fraud_probability_bucket", {"le": "0.1"}) - at_threshold == below
+
+
+def test_the_live_cards_gauge_follows_the_live_state(serving_bundle: Path) -> None:
+    model = make(serving_bundle)
+    cards = len(model.live)
+    assert cards > 0 and sample("fraud_live_cards") == cards
+    clock = snapshot_clock(serving_bundle)
+    score(model, {"instances": [tx_at(clock, 60, 1, card_id=f"card-{uuid.uuid4().hex}")]})
+    assert sample("fraud_live_cards") == cards + 1
+
+
+def test_a_switch_is_logged_with_both_versions_and_counted(
+    serving_bundle: Path,
+    serving_data: SplitData,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    newer = build_bundle(tmp_path / "test-2", serving_data.train, model_version="test-2")
+    model = make(serving_bundle)
+    assert sample("fraud_model_info", {"version": "test-1"}) == 1.0
+    switches = sample("fraud_model_switches_total")
+    with caplog.at_level(logging.INFO, logger="fraud_detection.serving.model"):
+        model.load_bundle(newer)
+        model.load_bundle(newer)  # a reload (SIGHUP) of the same bundle
+    assert sample("fraud_model_switches_total") == switches + 2
+    assert sample("fraud_model_info", {"version": "test-2"}) == 1.0
+    assert sample("fraud_model_info", {"version": "test-1"}) == 0.0  # one version at a time
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert f"transformer switched model from test-1 to test-2 ({newer})" in messages
+    assert f"transformer reloaded model test-2 from {newer}" in messages
+
+
+def test_a_failed_predictor_call_is_counted_and_the_pool_closed(serving_bundle: Path) -> None:
+    """A real connection refused by a closed port: counted by kind; aclose closes the pool."""
+    from fraud_detection.serving.app import PredictorUnavailableError
+    from fraud_detection.serving.transformer import make_transformer
+    from fraud_detection.streaming.broker import free_port
+
+    model = make_transformer(
+        "fraud-detector",
+        BundleSource(model_dir=serving_bundle),
+        predictor_host=f"127.0.0.1:{free_port()}",
+        time_policy=TimePolicy(EVENT_CLOCK),
+    )
+    model.load()
+    body = {"instances": [tx_at(snapshot_clock(serving_bundle), 60, 1)]}
+    labels = {"kind": "connection"}
+    before = sample("fraud_predictor_failures_total", labels)
+
+    async def refused_then_closed() -> tuple[PredictorUnavailableError, Any]:
+        with pytest.raises(PredictorUnavailableError) as caught:
+            await model(body)
+        session = model.client._session
+        assert session is not None and not session.closed
+        await model.aclose()
+        return caught.value, session
+
+    error, session = asyncio.run(refused_then_closed())
+    assert error.kind == "connection"
+    assert sample("fraud_predictor_failures_total", labels) == before + 1
+    assert session.closed
 
 
 # ---------------------------------------------------------------- decoding and body limits

@@ -1,12 +1,20 @@
-"""Submitting and scheduling: exactly what would be sent to Kubeflow Pipelines.
+"""Submitting and scheduling: exactly what would be sent to Kubeflow Pipelines, and the checks
+of the pipeline's parameters that come first.
 
 No cluster runs here: :class:`FakeKfpClient` stands in for ``kfp.Client`` and records each call,
-including the pipeline package as it was at the time of the call.
+including the pipeline package as it was at the time of the call. The real ``kfp.Client`` is used
+against a closed port and against a local HTTP server that refuses every request, to see what the
+commands print when the cluster cannot be reached or refuses.
 """
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +28,21 @@ from fraud_detection.pipeline.client import (
     MONTHLY_CRON,
     ScheduleError,
     check_cron,
-    parse_parameters,
     schedule,
     submit,
 )
-from fraud_detection.pipeline.dag import PIPELINE_NAME
+from fraud_detection.pipeline.dag import PIPELINE_NAME, pipeline_parameters
+from fraud_detection.pipeline.parameters import (
+    RANGES,
+    ParameterError,
+    check_parameters,
+    parse_parameters,
+)
+from fraud_detection.pipeline_cli import EXIT_FAILED, EXIT_INVALID_ARGUMENTS, EXIT_OK, TOKEN_ENV
 
 HOST = "http://kfp.example:8888"
+#: The smallest valid arguments: an input.
+DATA = {"data": ["/mnt/data/tx.parquet"]}
 
 
 @dataclass
@@ -44,8 +60,10 @@ class _Result:
 class FakeKfpClient:
     """Records ``kfp.Client`` calls; reads the package file while it still exists."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, namespace: str | None = None, token: str | None = None) -> None:
         self.host = host
+        self.namespace = namespace
+        self.token = token
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.packages: list[dict[str, Any]] = []
 
@@ -72,8 +90,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> list[FakeKfpClient]:
     """Every client the code creates, in order (``make_client`` replaced by the fake)."""
     created: list[FakeKfpClient] = []
 
-    def factory(host: str) -> FakeKfpClient:
-        created.append(FakeKfpClient(host))
+    def factory(host: str, **options: Any) -> FakeKfpClient:
+        created.append(FakeKfpClient(host, **options))
         return created[-1]
 
     monkeypatch.setattr(client_module, "make_client", factory)
@@ -86,11 +104,19 @@ def test_submit_sends_the_compiled_pipeline_and_the_arguments() -> None:
         HOST,
         {"data": ["s3://bucket/tx.parquet"], "seed": 7},
         run_name="monthly",
-        client_factory=lambda host: clients.append(FakeKfpClient(host)) or clients[-1],
+        client_factory=lambda host, **options: (
+            clients.append(FakeKfpClient(host, **options)) or clients[-1]
+        ),
+        namespace="team-a",
+        token="secret",
     )
     assert result.run_id == "run-1"
     (fake_client,) = clients
-    assert fake_client.host == HOST
+    assert (fake_client.host, fake_client.namespace, fake_client.token) == (
+        HOST,
+        "team-a",
+        "secret",
+    )
     ((name, call),) = fake_client.calls
     assert name == "create_run_from_pipeline_package"
     assert call["arguments"] == {"data": ["s3://bucket/tx.parquet"], "seed": 7}
@@ -106,7 +132,10 @@ def test_schedule_sends_a_monthly_utc_cron_and_one_run_at_a_time(tmp_path: Path)
     client_module.compile_pipeline(package)
     fake_client = FakeKfpClient(HOST)
     schedule(
-        HOST, package=package, arguments={"min_recall": 0.8}, client_factory=lambda _: fake_client
+        HOST,
+        package=package,
+        arguments={**DATA, "min_recall": 0.8},
+        client_factory=lambda *_, **__: fake_client,
     )
     assert [name for name, _ in fake_client.calls] == ["create_experiment", "create_recurring_run"]
     assert fake_client.calls[0][1] == {"name": "fraud-detection"}
@@ -116,7 +145,7 @@ def test_schedule_sends_a_monthly_utc_cron_and_one_run_at_a_time(tmp_path: Path)
     assert call["no_catchup"] is True
     assert call["experiment_id"] == "exp-42"
     assert call["job_name"] == "fraud-training-monthly"
-    assert call["params"] == {"min_recall": 0.8}
+    assert call["params"] == {**DATA, "min_recall": 0.8}
     assert call["pipeline_package_path"] == str(package)
     assert call["enabled"] is True and call["enable_caching"] is False
 
@@ -125,7 +154,7 @@ def test_schedule_sends_a_monthly_utc_cron_and_one_run_at_a_time(tmp_path: Path)
 def test_a_cron_without_six_fields_is_refused_before_any_call(cron: str) -> None:
     fake_client = FakeKfpClient(HOST)
     with pytest.raises(ScheduleError, match="six, seconds first"):
-        schedule(HOST, cron=cron, client_factory=lambda _: fake_client)
+        schedule(HOST, cron=cron, arguments=DATA, client_factory=lambda *_, **__: fake_client)
     assert fake_client.calls == []
     assert check_cron(" 0  0 2 1 * * ") == MONTHLY_CRON
 
@@ -148,41 +177,59 @@ def test_parameters_are_typed_as_the_pipeline_declares_them() -> None:
         "split": "temporal",
     }
     assert parse_parameters(["data=a.csv,b.csv"]) == {"data": ["a.csv", "b.csv"]}
-    with pytest.raises(ScheduleError, match="unknown pipeline parameter 'depth'"):
+    with pytest.raises(ParameterError, match="depth: unknown pipeline parameter"):
         parse_parameters(["depth=3"])
-    with pytest.raises(ScheduleError, match="not a valid Integer"):
+    with pytest.raises(ParameterError, match="seed: 'forty' is not a valid Integer"):
         parse_parameters(["seed=forty"])
+    with pytest.raises(ParameterError, match="expected KEY=VALUE"):
+        parse_parameters(["seed"])
 
 
 def test_the_schedule_command_sends_what_it_says(fake: list[FakeKfpClient]) -> None:
     result = CliRunner().invoke(
-        app, ["pipeline", "schedule", "--host", HOST, "--param", "max_depth=12"]
+        app,
+        ["pipeline", "schedule", "--host", HOST, "--param", "max_depth=12", "--param", "data=x"],
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_OK, result.output
     (fake_client,) = fake
     call = fake_client.calls[-1][1]
     assert (call["cron_expression"], call["max_concurrency"]) == ("0 0 2 1 * *", 1)
-    assert call["params"] == {"max_depth": 12}
+    assert call["params"] == {"max_depth": 12, "data": ["x"]}
     assert "0 0 2 1 * *" in result.output
 
 
 def test_the_schedule_command_refuses_a_five_field_cron(fake: list[FakeKfpClient]) -> None:
     result = CliRunner().invoke(
-        app, ["pipeline", "schedule", "--host", HOST, "--cron", "0 2 1 * *"]
+        app, ["pipeline", "schedule", "--host", HOST, "--cron", "0 2 1 * *", "--param", "data=x"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_INVALID_ARGUMENTS
     assert "six, seconds first" in result.output
     assert all(not client.calls for client in fake)
 
 
 def test_the_submit_command_sends_the_run(fake: list[FakeKfpClient]) -> None:
     result = CliRunner().invoke(
-        app, ["pipeline", "submit", "--host", HOST, "--param", "split=temporal"]
+        app,
+        [
+            "pipeline",
+            "submit",
+            "--host",
+            HOST,
+            "--param",
+            "split=temporal",
+            "--param",
+            "data=x",
+            "--namespace",
+            "team-a",
+        ],
+        env={TOKEN_ENV: "from-the-environment"},
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == EXIT_OK, result.output
     call = fake[0].calls[0][1]
-    assert call["arguments"] == {"split": "temporal"}
+    assert call["arguments"] == {"split": "temporal", "data": ["x"]}
+    assert (fake[0].namespace, fake[0].token) == ("team-a", "from-the-environment")
     assert "submitted run run-1" in result.output
+    assert "from-the-environment" not in result.output
 
 
 def test_the_compile_command_writes_the_yaml(tmp_path: Path) -> None:
@@ -203,3 +250,206 @@ def test_the_compile_command_writes_the_yaml(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(target.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
     assert (tmp_path / "c" / "train.yaml").is_file()
+
+
+# ----------------------------------------------------------------- the pipeline's parameters
+@pytest.fixture(scope="module")
+def declared() -> dict[str, tuple[str, Any]]:
+    return pipeline_parameters()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "name", "reason"),
+    [
+        ({"min_recall": 2.0}, "min_recall", "must be between 0 and 1, got 2"),
+        ({"min_f1": -0.1}, "min_f1", "must be between 0 and 1, got -0.1"),
+        ({"min_recall": float("nan")}, "min_recall", "must be between 0 and 1, got nan"),
+        ({"threshold": 1.0}, "threshold", "must be in (0, 1), got 1"),
+        ({"max_invalid_fraction": 1.0}, "max_invalid_fraction", "must be in [0, 1), got 1"),
+        ({"kafka_max_records": -1}, "kafka_max_records", "must be a finite number >= 0, got -1"),
+        ({"n_estimators": -3}, "n_estimators", "must be an integer >= 1, got -3"),
+        ({"n_estimators": 2.5}, "n_estimators", "must be an integer, got 2.5"),
+        ({"max_train_rows": -1}, "max_train_rows", "must be >= 0, got -1"),
+        ({"max_features": "most"}, "max_features", "must be sqrt, log2, all or a fraction"),
+        ({"class_weight": "heavy"}, "class_weight", "must be 'balanced', 'none' or a positive"),
+        ({"seed": -1}, "seed", "must be >= 0, got -1"),
+        ({"test_size": 1.0}, "test_size", "must be in (0, 1), got 1.0"),
+        ({"split": "random"}, "split", "must be one of stratified, temporal, got 'random'"),
+        ({"tolerance": -1.0}, "tolerance", "must be a finite number >= 0, got -1.0"),
+        ({"deploy_target": "mars"}, "deploy_target", "must be one of auto, local, kserve"),
+        ({"exclude_known_compromised": "yes"}, "exclude_known_compromised", "true or false"),
+        ({"depth": 3}, "depth", "unknown pipeline parameter; known: class_weight, data"),
+        (
+            {"split": "temporal", "train_start": "2018-04-01", "train_end": "2018-04-07"}
+            | {"test_start": "2018-04-15", "test_end": "someday"},
+            "test_end",
+            "not a date or datetime: 'someday'",
+        ),
+        (
+            {"split": "temporal", "train_start": "2018-04-01", "train_end": "2018-04-20"}
+            | {"test_start": "2018-04-15", "test_end": "2018-04-21"},
+            None,
+            "windows must satisfy train_start < train_end <= test_start < test_end",
+        ),
+        ({"train_start": "2018-04-01"}, None, "give all of train_start, train_end, test_start"),
+        ({"kafka_topic": "transactions"}, None, "give either data (files or globs) or kafka_topic"),
+    ],
+)
+def test_a_bad_argument_is_named_with_the_reason(
+    arguments: dict[str, Any], name: str | None, reason: str, declared: dict[str, Any]
+) -> None:
+    with pytest.raises(ParameterError) as raised:
+        check_parameters({**DATA, **arguments}, declared)
+    assert raised.value.name == name
+    assert reason in raised.value.reason
+
+
+def test_a_run_needs_an_input(declared: dict[str, Any]) -> None:
+    with pytest.raises(ParameterError, match="no input: give data"):
+        check_parameters({"seed": 3}, declared)
+    with pytest.raises(ParameterError, match="no input"):
+        check_parameters({"data": [" "]}, declared)
+    assert check_parameters({"kafka_topic": "transactions"}, declared)["kafka_topic"]
+
+
+def test_valid_arguments_come_back_with_every_default(declared: dict[str, Any]) -> None:
+    arguments = {
+        **DATA,
+        "split": "temporal",
+        "train_start": "2018-04-01",
+        "train_end": "2018-04-07",
+        "test_start": "2018-04-15",
+        "test_end": "2018-04-21",
+        "min_recall": 1,  # an integer is a valid Float
+        "threshold": 0.2,
+    }
+    values = check_parameters(arguments, declared)
+    assert values == {name: default for name, (_, default) in declared.items()} | arguments
+
+
+def test_the_ranges_are_of_declared_numbers_and_hold_their_defaults(
+    declared: dict[str, Any],
+) -> None:
+    for name, bounds in RANGES.items():
+        kind, default = declared[name]
+        assert kind in ("Integer", "Float"), name
+        assert bounds.problem(default) is None, name
+
+
+def test_submit_and_schedule_check_the_arguments_before_any_call() -> None:
+    clients: list[FakeKfpClient] = []
+
+    def factory(host: str, **options: Any) -> FakeKfpClient:
+        clients.append(FakeKfpClient(host, **options))
+        return clients[-1]
+
+    with pytest.raises(ParameterError, match="min_recall: must be between 0 and 1"):
+        submit(HOST, {**DATA, "min_recall": 2.0}, client_factory=factory)
+    with pytest.raises(ParameterError, match="n_estimators: must be an integer >= 1"):
+        schedule(HOST, arguments={**DATA, "n_estimators": 0}, client_factory=factory)
+    with pytest.raises(ParameterError, match="no input"):
+        submit(HOST, {}, client_factory=factory)
+    assert clients == []
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_the_cluster_commands_refuse_a_bad_parameter_before_sending(
+    command: str, fake: list[FakeKfpClient]
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["pipeline", command, "--host", HOST, "--param", "data=x", "--param", "n_estimators=-3"],
+    )
+    assert result.exit_code == EXIT_INVALID_ARGUMENTS
+    assert "--param n_estimators: must be an integer >= 1, got -3" in result.output
+    assert fake == []
+
+
+# ------------------------------------------------------------ a cluster that is not there
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_an_unreachable_cluster_is_one_error_line(command: str) -> None:
+    host = f"http://127.0.0.1:{_closed_port()}"
+    result = CliRunner().invoke(app, ["pipeline", command, "--host", host, "--param", "data=x"])
+    assert result.exit_code == EXIT_FAILED
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: cannot reach Kubeflow Pipelines at {host}: ")
+    assert "Connection refused" in lines[0]
+
+
+@dataclass
+class Recorded:
+    """What a refusing API server received."""
+
+    url: str
+    requests: list[tuple[str, dict[str, str]]]
+
+
+@pytest.fixture
+def refusing_api() -> Iterator[Recorded]:
+    """A local HTTP server that answers every request 401, as a cluster without the token."""
+    recorded = Recorded("", [])
+
+    class Handler(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            recorded.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            body = json.dumps({"code": 16, "message": "request is not authenticated"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._refuse()
+
+        def do_POST(self) -> None:
+            self._refuse()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    recorded.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield recorded
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_refusing_cluster_is_one_error_line_and_gets_the_token_and_namespace(
+    refusing_api: Recorded,
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "pipeline",
+            "submit",
+            "--host",
+            refusing_api.url,
+            "--namespace",
+            "team-a",
+            "--param",
+            "data=x",
+        ],
+        env={TOKEN_ENV: "tok-123"},
+    )
+    assert result.exit_code == EXIT_FAILED
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "refused the request: 401 Unauthorized: request is not authenticated" in lines[0]
+    assert "tok-123" not in result.output
+    path, headers = refusing_api.requests[0]
+    assert headers["authorization"] == "Bearer tok-123"
+    assert "namespace=team-a" in path

@@ -233,7 +233,7 @@ def test_export_writes_a_verified_bundle(chain: dict[str, Any]) -> None:
 
 def test_report_embeds_the_charts(chain: dict[str, Any]) -> None:
     page = Path(chain["run_report"].path).read_text()
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 7
     assert "Gate: <span class='passed'>passed</span>" in page
 
 

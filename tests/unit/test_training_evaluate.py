@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from fraud_detection.training.evaluate import (
     EvaluationError,
+    alert_rate,
+    bootstrap_intervals,
     card_precision_at_k,
     classification_metrics,
+    confidence_intervals,
     expected_cost,
+    fraud_value_caught,
+    permutation_importances,
     roc_points,
+    score_histogram,
     threshold_curve,
+    weighted_f1_and_average_precision,
+    wilson_interval,
 )
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 0])
@@ -89,3 +101,216 @@ def test_one_score_is_rounded_exactly_as_an_array_of_scores() -> None:
     scores = np.concatenate([rng.random(100_000), halfway, rng.random(10_000).astype(np.float32)])
     expected = np.round(scores.astype(np.float64), PROBABILITY_DECIMALS)
     assert [round_probability(score) for score in scores.tolist()] == expected.tolist()
+
+
+# ------------------------------------------------------------------- the analyst's figures
+def test_alerts_a_day_divide_by_the_calendar_days_the_test_set_spans() -> None:
+    # First transaction on 1 January, last on 7 January just before midnight: 7 days.
+    stamps = pd.to_datetime(
+        ["2026-01-01T00:00:05Z", "2026-01-04T12:00:00Z", "2026-01-07T23:59:00Z"]
+    )
+    assert alert_rate(14, stamps) == {"alerts_per_day": 2.0, "test_span_days": 7}
+    # A single day (naive timestamps are UTC).
+    assert alert_rate(3, pd.Series(["2026-03-02 08:00", "2026-03-02 21:00"])) == {
+        "alerts_per_day": 3.0,
+        "test_span_days": 1,
+    }
+    with pytest.raises(EvaluationError, match="empty"):
+        alert_rate(0, pd.Series([], dtype="datetime64[ns, UTC]"))
+
+
+def test_the_share_of_fraud_value_caught_by_hand() -> None:
+    amounts = np.array([10.0, 200.0, 30.0, 5.0, 1000.0])
+    labels = np.array([1, 1, 1, 0, 0])
+    flagged = np.array([True, False, True, True, True])
+    # Frauds: 10 + 200 + 30 = 240; flagged frauds: 10 + 30 = 40 (flagged legit rows don't count).
+    assert fraud_value_caught(amounts, labels, flagged) == {
+        "fraud_amount_total": 240.0,
+        "fraud_amount_caught": 40.0,
+        "fraud_value_caught_share": pytest.approx(40 / 240),
+    }
+    nothing = fraud_value_caught(np.zeros(2), np.array([1, 0]), np.array([True, False]))
+    assert nothing["fraud_value_caught_share"] == 0.0
+
+
+# -------------------------------------------------------------------- confidence intervals
+def test_wilson_intervals_by_hand_and_against_scipy() -> None:
+    from scipy.stats import binomtest
+
+    z = 1.959963984540054  # the two-sided 95 % normal quantile
+    # No success in 10 trials: the interval is [0, z^2 / (n + z^2)].
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(z * z / (10 + z * z)))
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.2775328, abs=1e-7)
+    # All successes: the mirror image.
+    assert wilson_interval(10, 10) == (pytest.approx(10 / (10 + z * z)), 1.0)
+    # 50 of 68 frauds caught (the demo's test set has 68 frauds).
+    low, high = wilson_interval(50, 68)
+    assert (low, high) == (pytest.approx(0.6199227, abs=1e-7), pytest.approx(0.8255026, abs=1e-7))
+    for successes, trials in ((50, 68), (3, 7), (25, 163), (1, 1000), (999, 1000)):
+        expected = binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+        got = wilson_interval(successes, trials)
+        assert got == (pytest.approx(expected.low, abs=1e-12), pytest.approx(expected.high))
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(5, 4)
+
+
+def tied_scores(n: int = 2000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores rounded to two decimals, so many scores tie (fraud share 3 %)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.03).astype(np.int64)
+    scores = np.round(np.clip(rng.random(n) * 0.5 + labels * 0.3, 0, 1), 2)
+    return labels, scores
+
+
+def test_weighted_f1_and_average_precision_match_sklearn_sample_weights() -> None:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    labels, scores = tied_scores()
+    weights = np.random.default_rng(2).integers(0, 4, size=(6, len(labels)))
+    weights[0] = 1
+    f1, average_precision = weighted_f1_and_average_precision(labels, scores, 0.3, weights)
+    for row, weight in enumerate(weights):
+        flagged = scores >= 0.3
+        assert f1[row] == pytest.approx(f1_score(labels, flagged, sample_weight=weight))
+        want = average_precision_score(labels, scores, sample_weight=weight)
+        assert average_precision[row] == pytest.approx(want, abs=1e-12)
+    assert average_precision[0] == pytest.approx(
+        classification_metrics(labels, scores, 0.3)["pr_auc"]
+    )
+    # Weights that drop every fraud leave average precision undefined.
+    none = np.where(labels == 1, 0, 1)[None, :]
+    assert np.isnan(weighted_f1_and_average_precision(labels, scores, 0.3, none)[1][0])
+
+
+def test_bootstrap_intervals_are_the_percentiles_of_seeded_resamples() -> None:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    labels, scores = tied_scores(n=600, seed=3)
+    got = bootstrap_intervals(labels, scores, 0.3, seed=7, resamples=150, chunk=100)
+    # The same resamples drawn and scored one by one with scikit-learn.
+    rng = np.random.default_rng(7)
+    draws = np.concatenate(
+        [rng.integers(0, len(labels), size=(size, len(labels))) for size in (100, 50)]
+    )
+    f1s = [f1_score(labels[rows], scores[rows] >= 0.3) for rows in draws]
+    aps = [average_precision_score(labels[rows], scores[rows]) for rows in draws]
+    assert got["f1"] == pytest.approx(tuple(np.quantile(f1s, [0.025, 0.975])))
+    assert got["pr_auc"] == pytest.approx(tuple(np.quantile(aps, [0.025, 0.975])))
+    assert bootstrap_intervals(labels, scores, 0.3, seed=7, resamples=150, chunk=100) == got
+    assert bootstrap_intervals(labels, scores, 0.3, seed=8, resamples=150, chunk=100) != got
+
+
+def test_confidence_intervals_bracket_the_point_estimates() -> None:
+    labels, scores = tied_scores(n=5000, seed=4)
+    metrics = classification_metrics(labels, scores, 0.3)
+    intervals = confidence_intervals(labels, scores, 0.3, seed=1, resamples=200)
+    assert intervals["level"] == 0.95
+    tp = metrics["confusion_matrix"][1][1]
+    assert (intervals["recall"]["low"], intervals["recall"]["high"]) == wilson_interval(
+        tp, metrics["test_frauds"]
+    )
+    assert (intervals["precision"]["low"], intervals["precision"]["high"]) == wilson_interval(
+        tp, metrics["flagged"]
+    )
+    for name in ("recall", "precision", "f1", "pr_auc"):
+        assert intervals[name]["low"] <= metrics[name] <= intervals[name]["high"], name
+        assert intervals[name]["high"] - intervals[name]["low"] > 0.01, name
+    assert intervals["f1"]["method"] == "bootstrap percentile"
+    assert intervals["f1"]["resamples"] == 200 and intervals["pr_auc"]["seed"] == 1
+
+
+# ---------------------------------------------------------------- scores and importances
+def test_score_histograms_put_a_score_at_the_threshold_on_the_flagged_side() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.0, 0.0999994, 0.0999996, 0.1, 0.55, 1.0])
+    histogram = score_histogram(labels, scores, bins=10)
+    assert histogram["edges"][1] == 0.1 and len(histogram["edges"]) == 11
+    # Scores are rounded to 6 decimals, as served: 0.0999994 stays below 0.1, 0.0999996 is 0.1.
+    assert histogram["legitimate"] == [2, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert histogram["fraud"] == [0, 1, 0, 0, 0, 1, 0, 0, 0, 1]  # 1.0 is in the last bin
+    flagged = sum(histogram["legitimate"][1:]) + sum(histogram["fraud"][1:])
+    assert flagged == classification_metrics(labels, scores, 0.1)["flagged"]
+
+
+def test_permutation_importance_finds_the_informative_feature_on_a_bounded_sample() -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(4000) < 0.02).astype(np.int64)
+    features = rng.normal(size=(4000, 3))
+    features[:, 1] += 4.0 * labels  # only the second column tells fraud apart
+    model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(features, labels)
+    names = ("noise_a", "signal", "noise_b")
+    result = permutation_importances(model, features, labels, names, seed=5, max_rows=1000)
+    assert result["rows"] == 1000 and result["test_rows"] == 4000
+    assert result["frauds"] == int(labels.sum())  # every fraud is kept in the sample
+    assert result["scoring"] == "average_precision" and result["repeats"] == 5
+    assert result["mean"]["signal"] > 0.3
+    assert max(abs(result["mean"]["noise_a"]), abs(result["mean"]["noise_b"])) < 0.05
+    assert set(result["std"]) == set(names)
+    again = permutation_importances(model, features, labels, names, seed=5, max_rows=1000)
+    assert again == result
+
+
+# ---------------------------------------------------------------------- the evaluation step
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small forest trained by the train step on generated data."""
+    from fraud_detection.data.generator import GeneratorConfig, generate_transactions
+    from fraud_detection.training.dataset import SplitConfig
+    from fraud_detection.training.steps import train_step
+    from fraud_detection.training.train import TrainParams
+
+    root = tmp_path_factory.mktemp("evaluate")
+    config = GeneratorConfig(n_transactions=8000, n_cards=300, days=20, fraud_rate=0.01, seed=3)
+    generate_transactions(config).to_parquet(root / "data.parquet")
+    train_step(
+        root / "data.parquet",
+        root / "model",
+        root / "table.parquet",
+        SplitConfig(test_size=0.25, seed=42),
+        TrainParams(n_estimators=15, max_depth=8, seed=42),
+    )
+    return {"root": root, "model": root / "model", "table": root / "table.parquet"}
+
+
+def evaluate_once(trained: dict[str, Path], name: str) -> dict:
+    from fraud_detection.training.steps import evaluate_step
+
+    out = trained["root"] / name
+    evaluate_step(trained["model"], trained["table"], 0.1, out / "evaluation", out / "predictions")
+    return json.loads((out / "evaluation").read_text())
+
+
+def test_the_evaluation_step_records_the_new_figures_and_keeps_the_old_keys(
+    trained: dict[str, Path],
+) -> None:
+    evaluation = evaluate_once(trained, "first")
+    metrics = evaluation["metrics"]
+    old = {"threshold", "recall", "precision", "f1", "pr_auc", "roc_auc", "confusion_matrix"}
+    assert old | {"test_rows", "test_frauds", "flagged", "card_precision_at_100"} <= set(metrics)
+    predictions = pd.read_parquet(trained["root"] / "first" / "predictions")
+    days = predictions["timestamp"].dt.floor("D")
+    span = (days.max() - days.min()).days + 1
+    assert metrics["test_span_days"] == span
+    assert metrics["alerts_per_day"] == pytest.approx(predictions["flagged"].sum() / span)
+    frauds = predictions[predictions["is_fraud"] == 1]
+    caught = frauds.loc[frauds["flagged"], "amt"].sum() / frauds["amt"].sum()
+    assert metrics["fraud_value_caught_share"] == pytest.approx(caught)
+    intervals = metrics["confidence_intervals"]
+    assert intervals["f1"]["seed"] == 42  # the training seed
+    for name in ("recall", "precision", "f1", "pr_auc"):
+        assert intervals[name]["low"] <= metrics[name] <= intervals[name]["high"]
+    histogram = evaluation["score_histogram"]
+    assert sum(histogram["fraud"]) == metrics["test_frauds"]
+    assert sum(histogram["legitimate"]) + sum(histogram["fraud"]) == metrics["test_rows"]
+    permutation = evaluation["permutation_importances"]
+    assert set(permutation["mean"]) == set(evaluation["feature_importances"])
+    assert evaluation["cost"]["fraud_amount_source"] == "test mean"
+
+
+def test_the_same_data_and_seed_give_the_same_evaluation(trained: dict[str, Path]) -> None:
+    first = (trained["root"] / "first" / "evaluation").read_text()
+    again = evaluate_once(trained, "again")
+    assert json.loads(first) == again

@@ -7,10 +7,11 @@ Readers map every known source schema onto the canonical field names of
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,13 +155,94 @@ def _read_one(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: unsupported file type; expected one of {_SUPPORTED}")
 
 
+@dataclass(frozen=True)
+class SourceRows:
+    """The rows one file contributed to a combined frame: positions ``start`` to
+    ``start + rows - 1``."""
+
+    path: Path
+    start: int
+    rows: int
+
+
+def read_transaction_files(
+    paths: Iterable[str | Path],
+) -> tuple[pd.DataFrame, list[SourceRows]]:
+    """:func:`read_transactions`, and which rows of the frame each file holds, in order."""
+    files = expand_paths(paths)
+    frames = [to_canonical_names(_read_one(path), str(path)) for path in files]
+    sources, start = [], 0
+    for path, frame in zip(files, frames, strict=True):
+        sources.append(SourceRows(path, start, len(frame)))
+        start += len(frame)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return frame, sources
+
+
 def read_transactions(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read one or many transaction files (or globs) into one frame with canonical names.
 
     Values are returned as read (no type coercion, no row dropped); validate before use.
     """
-    frames = [to_canonical_names(_read_one(path), str(path)) for path in expand_paths(paths)]
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return read_transaction_files(paths)[0]
+
+
+def locate_rows(sources: Sequence[SourceRows], positions: Iterable[int]) -> dict[int, str]:
+    """Where each 0-based position of a combined frame is in its file.
+
+    ``line N`` in a CSV file (the header is line 1; a record spanning several lines is named by
+    its first), ``row N`` in a Parquet file (counted from 0, as pandas and pyarrow do); prefixed
+    with the file name when the frame comes from several files.
+    """
+    wanted: dict[int, list[int]] = {}
+    for position in positions:
+        for index, source in enumerate(sources):
+            if source.start <= position < source.start + source.rows:
+                wanted.setdefault(index, []).append(position)
+                break
+    located: dict[int, str] = {}
+    for index, found in wanted.items():
+        source = sources[index]
+        records = {position - source.start for position in found}
+        is_csv = source.path.name.lower().endswith(CSV_SUFFIXES)
+        lines = _csv_record_lines(source.path, records) if is_csv else {}
+        prefix = f"{source.path.name} " if len(sources) > 1 else ""
+        for position in found:
+            record = position - source.start
+            if not is_csv:
+                located[position] = f"{prefix}row {record}"
+            elif record in lines:
+                located[position] = f"{prefix}line {lines[record]}"
+            else:  # the file could not be re-read as CSV: count its data rows from 1
+                located[position] = f"{prefix}data row {record + 1}"
+    return located
+
+
+def _csv_record_lines(path: Path, records: set[int]) -> dict[int, int]:
+    """The line on which each of ``records`` (0-based data records of a CSV file) starts.
+
+    Counts as pandas reads: the first record is the header, blank lines are skipped, a quoted
+    field may span lines. Stops after the last record asked for.
+    """
+    found: dict[int, int] = {}
+    last = max(records, default=-1)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:
+            reader = csv.reader(handle)
+            record, previous_end = -1, 0  # the header is record -1
+            for fields in reader:
+                start, previous_end = previous_end + 1, reader.line_num
+                if not fields:
+                    continue
+                if record in records:
+                    found[record] = start
+                if record >= last:
+                    break
+                record += 1
+    except (OSError, csv.Error):
+        pass  # the caller falls back to data-row numbers
+    return found
 
 
 def format_timestamps(values: pd.Series) -> pd.Series:

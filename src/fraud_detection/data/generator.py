@@ -237,7 +237,7 @@ def generate_transactions(config: GeneratorConfig) -> pd.DataFrame:
     """Generate ``config.n_transactions`` labelled transactions in the canonical columns.
 
     Columns are :data:`COLUMNS` in order; rows are sorted by timestamp (ties keep a fixed
-    order) and ``transaction_id`` follows that order.
+    order) and ``transaction_id`` (``tx-<seed>-<number>``) follows that order.
     """
     return generate_with_patterns(config).drop(columns=PATTERN)
 
@@ -512,7 +512,10 @@ def _to_frame(config: GeneratorConfig, pop: _Population, rows: _Rows) -> pd.Data
     stamps_ns = config.start_timestamp.value + rows.offset_us[order] * 1_000
     frame = pd.DataFrame(
         {
-            TRANSACTION_ID: _format_ids("tx-", np.arange(1, n + 1), _id_width(n, _TX_ID_DIGITS)),
+            # The seed is part of the id, so data sets drawn with different seeds can be combined.
+            TRANSACTION_ID: _format_ids(
+                f"tx-{config.seed}-", np.arange(1, n + 1), _id_width(n, _TX_ID_DIGITS)
+            ),
             CARD_ID: _entity_ids("card-", card, config.n_cards),
             MERCHANT_ID: _entity_ids("merchant-", merchant, len(pop.merchant_category)),
             AMOUNT: np.maximum(np.round(rows.amount[order], 2), 0.01),

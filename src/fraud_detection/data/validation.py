@@ -31,7 +31,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -647,8 +647,12 @@ class ValidationReport:
         rows = "row" if self.n_rows == 1 else "rows"
         return f"{len(self.failures)} failed {checks} on {self.n_rows:,} {rows}"
 
-    def render(self) -> Table:
-        """A table naming each failing column and check, the count and example rows."""
+    def render(self, locations: Mapping[int, str] | None = None) -> Table:
+        """A table naming each failing column and check, the count and example rows.
+
+        ``locations`` names example rows by where they are in their files (``line 12``);
+        without it, or for a row it lacks, a row is its 0-based position in the frame.
+        """
         if self.ok:
             table = Table(title=f"valid: {self.n_rows:,} rows", show_header=False)
             return table
@@ -677,7 +681,7 @@ class ValidationReport:
                 failure.column,
                 failure.check,
                 f"{failure.count:,}",
-                ", ".join(map(str, failure.examples)),
+                ", ".join((locations or {}).get(row, str(row)) for row in failure.examples),
                 Text(", ".join(failure.values)),
             )
         return table

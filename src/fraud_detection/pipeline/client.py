@@ -3,7 +3,11 @@
 The compiled IR YAML is what the Kubeflow UI uploads (``pipelines/fraud_training_pipeline.yaml``
 in the repository is kept current by a test). Submitting and scheduling go through
 ``kfp.Client``; the client is created by a factory argument so the exact calls can be checked
-without a cluster.
+without a cluster. The arguments are checked
+(:func:`~fraud_detection.pipeline.parameters.check_parameters`) and the package compiled before
+the cluster is contacted; a cluster that cannot be reached or refuses a request raises
+:class:`ClusterError` with one line saying so. A multi-user deployment takes the user's profile
+``namespace`` and a bearer ``token``.
 
 Recurring runs use KFP's six-field cron with seconds first, in UTC: the monthly default
 ``0 0 2 1 * *`` is 02:00 UTC on the 1st. A five-field crontab would be silently misread by the
@@ -13,9 +17,11 @@ missed runs are not caught up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +33,16 @@ MONTHLY_CRON = "0 0 2 1 * *"
 DEFAULT_EXPERIMENT = "fraud-detection"
 DEFAULT_JOB_NAME = "fraud-training-monthly"
 
-ClientFactory = Callable[[str], Any]
+#: Makes the client: ``factory(host, namespace=..., token=...)``.
+ClientFactory = Callable[..., Any]
 
 
 class ScheduleError(ValueError):
-    """A schedule or a parameter that the cluster would misread."""
+    """A schedule that the cluster would misread."""
+
+
+class ClusterError(RuntimeError):
+    """The Kubeflow Pipelines API could not be reached, or refused the request."""
 
 
 def compile_pipeline(path: str | Path, image: str | None = None) -> Path:
@@ -73,61 +84,60 @@ def check_cron(expression: str) -> str:
     return " ".join(fields)
 
 
-def parse_parameters(
-    pairs: Sequence[str], types: Mapping[str, tuple[str, Any]] | None = None
-) -> dict[str, Any]:
-    """``KEY=VALUE`` strings as pipeline arguments, typed as the pipeline declares them.
+def make_client(host: str, namespace: str | None = None, token: str | None = None) -> Any:
+    """A ``kfp.Client`` for the Kubeflow Pipelines API at ``host``.
 
-    Lists take JSON (``data=["a.csv","b.csv"]``) or comma-separated values; booleans
-    ``true``/``false``. Unknown names are refused.
+    ``namespace`` is the user's profile namespace of a multi-user deployment and ``token`` a
+    bearer token sent with every request (``existing_token``); both are optional.
     """
-    from fraud_detection.pipeline.dag import pipeline_parameters
-
-    types = types if types is not None else pipeline_parameters()
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ScheduleError(f"parameter {pair!r}: expected KEY=VALUE")
-        if name not in types:
-            raise ScheduleError(
-                f"unknown pipeline parameter {name!r}; known: {', '.join(sorted(types))}"
-            )
-        out[name] = coerce(name, types[name][0], text)
-    return out
-
-
-def coerce(name: str, kind: str, text: str) -> Any:
-    """One parameter value from text, as the KFP type ``kind`` wants it."""
-    try:
-        if kind == "Integer":
-            return int(text)
-        if kind == "Float":
-            return float(text)
-        if kind == "Boolean":
-            lowered = text.strip().lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return lowered in ("true", "1", "yes")
-        if kind == "List":
-            stripped = text.strip()
-            if stripped.startswith("["):
-                value = json.loads(stripped)
-                if not isinstance(value, list):
-                    raise ValueError(text)
-                return value
-            return [item.strip() for item in stripped.split(",") if item.strip()]
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise ScheduleError(f"parameter {name}: {text!r} is not a valid {kind}") from exc
-    return text
-
-
-def make_client(host: str) -> Any:
-    """A ``kfp.Client`` for the Kubeflow Pipelines API at ``host``."""
     import kfp
 
-    return kfp.Client(host=host)
+    options: dict[str, str] = {}
+    if namespace:
+        options["namespace"] = namespace
+    if token:
+        options["existing_token"] = token
+    with warnings.catch_warnings():
+        # kfp warns on every client that it needs a v2 backend; this pipeline is v2 anyway.
+        warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)
+        return kfp.Client(host=host, **options)
+
+
+@contextlib.contextmanager
+def _cluster_errors(host: str) -> Iterator[None]:
+    """Turn what the kfp client raises for an unreachable or refusing API into ClusterError."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        detail = _api_message(exc.body)
+        hint = (
+            " (a multi-user deployment needs a token and the user's namespace)"
+            if exc.status in (401, 403)
+            else ""
+        )
+        raise ClusterError(
+            f"Kubeflow Pipelines at {host} refused the request: {exc.status} {exc.reason}"
+            f"{': ' + detail if detail else ''}{hint}"
+        ) from exc
+    except (HTTPError, OSError) as exc:  # OSError: TimeoutError, connection errors
+        reason = getattr(exc, "reason", None) or exc
+        raise ClusterError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from exc
+
+
+def _api_message(body: Any) -> str:
+    """The ``message`` of a JSON error body, else the body's first line (at most 200 chars)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        text = parsed["message"]
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def _package(package: str | Path | None, image: str | None, scratch: str) -> str:
@@ -147,20 +157,31 @@ def submit(
     run_name: str | None = None,
     image: str | None = None,
     client_factory: ClientFactory | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
 ) -> Any:
     """Start one run: upload the package (compiled now when none is given) with ``arguments``.
 
-    ``client_factory`` makes the client from the host (default :func:`make_client`).
+    Raises :class:`~fraud_detection.pipeline.parameters.ParameterError` for a bad argument and
+    ``FileNotFoundError`` for a missing package, before any request; :class:`ClusterError` when
+    the cluster cannot be reached or refuses. ``client_factory`` makes the client (default
+    :func:`make_client`).
     """
-    client = (client_factory or make_client)(host)
+    from fraud_detection.pipeline.parameters import check_parameters
+
+    arguments = dict(arguments or {})
+    check_parameters(arguments)
     with tempfile.TemporaryDirectory(prefix="fraud-pipeline-") as scratch:
-        return client.create_run_from_pipeline_package(
-            pipeline_file=_package(package, image, scratch),
-            arguments=dict(arguments or {}),
-            run_name=run_name,
-            experiment_name=experiment,
-            enable_caching=False,
-        )
+        pipeline_file = _package(package, image, scratch)
+        with _cluster_errors(host):
+            client = (client_factory or make_client)(host, namespace=namespace, token=token)
+            return client.create_run_from_pipeline_package(
+                pipeline_file=pipeline_file,
+                arguments=arguments,
+                run_name=run_name,
+                experiment_name=experiment,
+                enable_caching=False,
+            )
 
 
 def schedule(
@@ -172,21 +193,33 @@ def schedule(
     job_name: str = DEFAULT_JOB_NAME,
     image: str | None = None,
     client_factory: ClientFactory | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
 ) -> Any:
-    """Create a recurring run on ``cron`` (six fields, UTC), one run at a time, no catch-up."""
+    """Create a recurring run on ``cron`` (six fields, UTC), one run at a time, no catch-up.
+
+    The cron, the arguments and the package are checked before any request, as in
+    :func:`submit`.
+    """
+    from fraud_detection.pipeline.parameters import check_parameters
+
     cron = check_cron(cron)
-    client = (client_factory or make_client)(host)
-    experiment_record = client.create_experiment(name=experiment)
+    arguments = dict(arguments or {})
+    check_parameters(arguments)
     with tempfile.TemporaryDirectory(prefix="fraud-pipeline-") as scratch:
-        return client.create_recurring_run(
-            experiment_id=experiment_record.experiment_id,
-            job_name=job_name,
-            description=f"{PIPELINE_NAME} on cron {cron!r} (UTC)",
-            cron_expression=cron,
-            max_concurrency=1,
-            no_catchup=True,
-            params=dict(arguments or {}),
-            pipeline_package_path=_package(package, image, scratch),
-            enabled=True,
-            enable_caching=False,
-        )
+        pipeline_file = _package(package, image, scratch)
+        with _cluster_errors(host):
+            client = (client_factory or make_client)(host, namespace=namespace, token=token)
+            experiment_record = client.create_experiment(name=experiment)
+            return client.create_recurring_run(
+                experiment_id=experiment_record.experiment_id,
+                job_name=job_name,
+                description=f"{PIPELINE_NAME} on cron {cron!r} (UTC)",
+                cron_expression=cron,
+                max_concurrency=1,
+                no_catchup=True,
+                params=arguments,
+                pipeline_package_path=pipeline_file,
+                enabled=True,
+                enable_caching=False,
+            )

@@ -256,18 +256,22 @@ def run_local(
 ) -> LocalRun:
     """Run the pipeline with ``kfp.local`` (SubprocessRunner, this interpreter).
 
-    ``arguments`` are pipeline parameters. Returns the run's records; raises
-    :class:`PipelineRunError` when a step fails. ``console`` (a rich Console) shows progress.
+    ``arguments`` are pipeline parameters, checked before any step starts
+    (:class:`~fraud_detection.pipeline.parameters.ParameterError`). Returns the run's records;
+    raises :class:`PipelineRunError` when a step fails. ``console`` (a rich Console) shows
+    progress.
     """
     from kfp import local
 
-    from fraud_detection.pipeline.dag import build_pipeline
+    from fraud_detection.pipeline.dag import build_pipeline, pipeline_parameters
+    from fraud_detection.pipeline.parameters import check_parameters
 
+    pipeline = build_pipeline(image)
+    check_parameters(arguments, pipeline_parameters(pipeline))
     output_dir = Path(output_dir).resolve()
     pipeline_root = output_dir / PIPELINE_ROOT
     pipeline_root.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / LOG_FILE
-    pipeline = build_pipeline(image)
     started = time.perf_counter()
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -26,6 +26,11 @@ keep-alive connection, and never changes any state:
 * :func:`add_bundle_source_arguments`, :func:`source_from_args` and :func:`serve_model` — what
   both servers' entry points share: where the bundle comes from, refusing a bad one (exit 2),
   reloading on SIGHUP.
+* Every error answer is counted in the ``fraud_requests_*`` metrics
+  (:mod:`fraud_detection.serving.metrics`) by its status, never by anything in the request.
+* :func:`configure_logging` — every record of a server process in one format, text or JSON
+  lines (``--log_format``), with the dependencies' known deprecation warnings filtered. At stop
+  the REST server awaits each model's ``aclose()`` (the transformer's connection pool).
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fraud_detection.bundle import BundleError
+from fraud_detection.serving.metrics import count_error_answer
 from fraud_detection.serving.model import BundleSource
 from fraud_detection.serving.requests import (
     DEFAULT_MAX_BODY_BYTES,
@@ -89,7 +97,16 @@ TRACE_LOGGER = "kserve.trace"
 
 
 class PredictorUnavailableError(RuntimeError):
-    """The predictor did not answer (down, refusing, timed out or failing): retry later."""
+    """The predictor did not answer (down, refusing, timed out or failing): retry later.
+
+    Attributes:
+        kind: what failed, one of :data:`~fraud_detection.serving.metrics.PREDICTOR_FAILURE_KINDS`
+            (``timeout``, ``connection``, ``error_status``, ``bad_response``).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # ------------------------------------------------------------------------------ error bodies
@@ -128,9 +145,10 @@ def internal_error() -> RequestError:
 def error_response(
     error: RequestError, headers: Mapping[str, str] | None = None, close: bool = False
 ) -> Any:
-    """A JSON response for ``error`` (``close``: end the connection after it)."""
+    """A JSON response for ``error`` (``close``: end the connection after it); counted."""
     from starlette.responses import Response
 
+    count_error_answer(error.status)
     extra = dict(headers or {})
     if close:
         extra["connection"] = "close"
@@ -621,7 +639,8 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 async def send_error(send: Send, error: RequestError, close: bool = False) -> None:
-    """Send ``error`` as a complete JSON response on an ASGI ``send``."""
+    """Send ``error`` as a complete JSON response on an ASGI ``send``; counted."""
+    count_error_answer(error.status)
     body = error_bytes(error)
     headers = [
         (b"content-type", b"application/json"),
@@ -746,7 +765,9 @@ def _json_error_protocol_class() -> type:
         def send_400_response(self, msg: str) -> None:
             """Write a JSON 400 and close the connection."""
             reason = f"is not valid HTTP/1.1 ({msg.rstrip('.')})"
-            body = error_bytes(RequestError.single("request", reason))
+            error = RequestError.single("request", reason)
+            count_error_answer(error.status)
+            body = error_bytes(error)
             head = [b"HTTP/1.1 400 Bad Request\r\n"]
             for name, value in self.server_state.default_headers:
                 head.append(name + b": " + value + b"\r\n")
@@ -797,7 +818,39 @@ def _rest_server_class(bind_host: str, max_body_bytes: int) -> type:
             self._register_endpoints(app)
             self._add_exception_handlers(app)
 
+        def create_application(self) -> None:
+            """Configure the application uvicorn serves (KServe's, named by import string)."""
+            from uvicorn.importer import import_from_string
+
+            self.configure(import_from_string(self.config.app))
+
+        async def start(self) -> None:
+            """Serve until uvicorn stops, then close what the models hold on the event loop.
+
+            The models are those registered at start: KServe unregisters them at stop.
+            """
+            models = list(self.dataplane.model_registry.get_models().values())
+            try:
+                await super().start()
+            finally:
+                await close_models(models)
+
     return FraudRESTServer
+
+
+async def close_models(models: Iterable[Any]) -> None:
+    """Await ``aclose()`` of every model that has one (connection pools bound to the loop).
+
+    A failure is logged with the model's name; the other models are still closed.
+    """
+    for model in models:
+        close = getattr(model, "aclose", None)
+        if close is None:
+            continue
+        try:
+            await close()
+        except Exception:
+            log.exception("closing the connections of model %s failed", model.name)
 
 
 def build_app(models: Sequence[Any], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
@@ -831,9 +884,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max_body_bytes",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_BODY_BYTES,
-        help="Largest request body accepted; larger ones get 413.",
+        help="Largest request body accepted, in bytes; larger ones get 413.",
     )
     parser.add_argument(
         "--access_log",
@@ -841,6 +894,24 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="Log per-request lines (uvicorn access log, KServe request timings).",
     )
+    parser.add_argument(
+        "--log_format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: one line per record (UTC time, pid, level, logger, message); "
+        "json: one JSON object per line (time, level, logger, pid, message, exception).",
+    )
+
+
+def positive_int(value: str) -> int:
+    """Parse a whole number of at least 1 (a command-line limit)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def strtobool(value: str) -> bool:
@@ -922,22 +993,103 @@ def source_from_args(args: argparse.Namespace) -> BundleSource:
     return BundleSource(registry_root=args.registry or default_registry_root())
 
 
-def configure_logging(args: argparse.Namespace) -> None:
-    """Log the project's messages (INFO and up) as KServe logs its own, to the same stream.
+# ------------------------------------------------------------------------------ logging
+#: ``--log_format`` values: one text line per record, or one JSON object per line.
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
+#: The text format of every record: UTC time, process id, level, logger, message.
+TEXT_LOG_FORMAT = "%(asctime)s.%(msecs)03dZ %(process)d %(levelname)s %(name)s: %(message)s"
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+#: Loggers that KServe configures with their own handlers (not propagating to the root).
+KSERVE_LOGGERS: tuple[str, ...] = ("kserve", "kserve.trace", "uvicorn", "uvicorn.access")
 
-    KServe's ``--configure_logging false`` leaves logging to the caller; ``--log_config_file``
-    is honoured.
+
+class JSONLogFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``pid``,
+    ``message``, and ``exception`` (the formatted traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (non-ASCII escaped, so any text is encodable)."""
+        moment = time.gmtime(record.created)
+        entry: dict[str, Any] = {
+            "time": time.strftime(LOG_TIME_FORMAT, moment) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry)
+
+
+def log_formatter(log_format: str) -> logging.Formatter:
+    """The formatter of a ``--log_format`` (:data:`LOG_FORMATS`)."""
+    if log_format == "json":
+        return JSONLogFormatter()
+    if log_format != "text":
+        raise ValueError(f"log format must be one of {LOG_FORMATS}, got {log_format!r}")
+    formatter = logging.Formatter(TEXT_LOG_FORMAT, LOG_TIME_FORMAT)
+    formatter.converter = time.gmtime
+    return formatter
+
+
+def install_log_handler(log_format: str, levels: Mapping[str, int]) -> logging.Handler:
+    """Write the records of the root logger and of KServe's loggers to stderr in ``log_format``.
+
+    ``levels`` sets logger levels (``""``: the root). Other loggers propagate to the root, so
+    every record of the process, warnings included, has the one format.
     """
-    from kserve.logging import KSERVE_LOGGER_NAME, configure_logging
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(log_format))
+    for name in ("", *KSERVE_LOGGERS):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = not name
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(True)
+    return handler
 
+
+def ignore_known_warnings() -> None:
+    """Filter the deprecation warnings the servers' dependencies emit on every request.
+
+    KServe 0.20 answers with FastAPI's ``ORJSONResponse``, which FastAPI deprecates
+    (``FastAPIDeprecationWarning``, attributed to ``fastapi.routing``); nothing to act on here.
+    """
+    from fastapi.exceptions import FastAPIDeprecationWarning
+
+    warnings.filterwarnings(
+        "ignore",
+        message="ORJSONResponse is deprecated",
+        category=FastAPIDeprecationWarning,
+        module=r"fastapi\.routing",
+    )
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Log every record of the server process in one format (``--log_format``) to stderr.
+
+    The project's and KServe's messages at INFO and up, uvicorn's, the access log (when
+    ``--access_log``), and WARNING and up of everything else, warnings included; the known
+    deprecation warnings of the dependencies are filtered. KServe's ``--configure_logging false``
+    leaves logging to the caller; a ``--log_config_file`` replaces this configuration.
+    """
+    from kserve.logging import configure_logging as configure_kserve_logging
+
+    ignore_known_warnings()
     if not getattr(args, "configure_logging", True):
         return
-    configure_logging(getattr(args, "log_config_file", None))
-    project = logging.getLogger("fraud_detection")
-    if not project.handlers:
-        project.handlers = list(logging.getLogger(KSERVE_LOGGER_NAME).handlers)
-        project.setLevel(logging.INFO)
-        project.propagate = False
+    if getattr(args, "log_config_file", None):
+        configure_kserve_logging(args.log_config_file)
+        return
+    from kserve.constants.constants import KSERVE_LOGLEVEL
+
+    levels = {"": logging.WARNING, "fraud_detection": logging.INFO, "uvicorn": logging.INFO}
+    levels.update({name: KSERVE_LOGLEVEL for name in ("kserve", "kserve.trace")})
+    install_log_handler(getattr(args, "log_format", "text"), levels)
 
 
 def serve_model(model: Any, args: argparse.Namespace, role: str) -> int:
@@ -946,7 +1098,7 @@ def serve_model(model: Any, args: argparse.Namespace, role: str) -> int:
     try:
         model.load()
     except BundleError as exc:
-        print(f"error: {role} refuses to start: {exc}", file=sys.stderr, flush=True)
+        log.error("%s refuses to start: %s", role, exc)
         return 2
     signal.signal(signal.SIGHUP, lambda *_: model.request_reload())
     run_model_server([model], args)

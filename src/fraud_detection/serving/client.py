@@ -104,10 +104,13 @@ class PredictorClient:
             else:
                 probabilities = [float(p) for p in answer["outputs"][0]["data"]]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise PredictorUnavailableError(f"unreadable predictor response ({exc})") from exc
+            raise PredictorUnavailableError(
+                f"unreadable predictor response ({exc})", "bad_response"
+            ) from exc
         if len(probabilities) != expected:
             raise PredictorUnavailableError(
-                f"predictor returned {len(probabilities)} probabilities for {expected} rows"
+                f"predictor returned {len(probabilities)} probabilities for {expected} rows",
+                "bad_response",
             )
         version = answer.get("model_version")
         return probabilities, str(version) if version is not None else None
@@ -134,24 +137,28 @@ class PredictorClient:
                     if response.status != 200:
                         detail = payload[:200].decode(errors="replace")
                         raise PredictorUnavailableError(
-                            f"predictor answered {response.status}: {detail}"
+                            f"predictor answered {response.status}: {detail}", "error_status"
                         )
                     return self.decode(payload, len(rows))
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # A pooled connection the predictor closed (e.g. it restarted): retry once.
                 if attempt == 1 and time.monotonic() < deadline:
                     continue
-                raise PredictorUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+                raise PredictorUnavailableError(
+                    f"{type(exc).__name__}: {exc}", "connection"
+                ) from exc
             except TimeoutError as exc:
                 raise PredictorUnavailableError(
-                    f"no answer from {self.url} within {self.timeout_s:g} s"
+                    f"no answer from {self.url} within {self.timeout_s:g} s", "timeout"
                 ) from exc
             except aiohttp.ClientError as exc:
-                raise PredictorUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+                raise PredictorUnavailableError(
+                    f"{type(exc).__name__}: {exc}", "connection"
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pool (on the event loop that used it; the server does it at stop)."""
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None

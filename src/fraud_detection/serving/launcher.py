@@ -2,12 +2,13 @@
 
 Each server is a real ``kserve.ModelServer`` in its own Python process
 (``python -m fraud_detection.serving.predictor`` / ``...transformer``) bound to loopback on a
-free port, with its output in a log file. :class:`ServingStack` starts what is needed in order,
-waits until each answers its KServe readiness endpoint, and stops everything in reverse order
-(SIGTERM, then SIGKILL after a timeout) — also when starting fails half-way. Each server runs
-in its own process group, so a server that has to be killed takes the processes it started
-(the mirror's producer) with it. ``fraud serve``,
-the demo, the integration tests and the benchmarks all use it.
+free port, with its output appended to a log file in the stack's log directory (by default
+``logs/`` in the project's state root, :func:`default_log_dir`; kept after stop).
+:class:`ServingStack` starts what is needed in order, waits until each answers its KServe
+readiness endpoint, and stops everything in reverse order (SIGTERM, then SIGKILL after a
+timeout) — also when starting fails half-way. Each server runs in its own process group, so a
+server that has to be killed takes the processes it started (the mirror's producer) with it.
+``fraud serve``, the demo, the integration tests and the benchmarks all use it.
 
 Supervision: :meth:`ServingStack.check` looks at every child the stack started (predictor,
 transformer, and the local broker when the stack started one). A child that exited without
@@ -20,8 +21,9 @@ path. When a child exits again although it was already restarted ``max_restarts`
 owner stops the stack. :meth:`ServingStack.supervise` runs the checks in a loop (``fraud serve``);
 :meth:`ServingStack.start_supervising` in a background thread.
 
-Stopping reports what could not be stopped: :meth:`ServingStack.stop` logs every failure and
-returns the problems (a child still alive after SIGKILL, a signal that could not be sent).
+Stopping reports what could not be stopped: :meth:`ServingStack.stop` tries every child, logs
+every failure naming the child and returns the problems (a child still alive after SIGKILL, a
+signal that could not be sent, an unexpected error while stopping one).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -126,6 +127,14 @@ def describe_exit(status: int | None) -> str:
             name = f"signal {-status}"
         return f"was killed by {name}"
     return f"exited with status {status}"
+
+
+def default_log_dir() -> Path:
+    """``logs/`` in the project's state root: ``$FRAUD_STATE_DIR``, else ``./.fraud``.
+
+    The servers' (and the stack's broker's) logs are kept there after a stop.
+    """
+    return default_state_dir().parent / "logs"
 
 
 def default_serving_state_dir() -> Path:
@@ -291,9 +300,14 @@ class ServerProcess:
                         f"log {self.log_path}:\n{log_tail(self.log_path)}"
                     )
                 if time.monotonic() > deadline:
-                    self.stop()
+                    not_stopped = ""
+                    try:
+                        self.stop()
+                    except StopError as exc:
+                        log.error("%s", exc)
+                        not_stopped = f" ({exc})"
                     raise ServerStartError(
-                        f"the {self.name} was not ready within {timeout_s:g} s; "
+                        f"the {self.name} was not ready within {timeout_s:g} s{not_stopped}; "
                         f"log {self.log_path}:\n{log_tail(self.log_path)}"
                     )
                 try:
@@ -480,6 +494,10 @@ class StackConfig:
 
     Exactly one of ``model_dir`` and ``registry`` names the bundle source. ``kafka`` is the
     bootstrap servers to mirror to; ``None`` starts a local broker when ``mirror`` is on.
+    ``log_dir`` is where the logs go (``None``: :func:`default_log_dir`), ``log_format`` the
+    servers' (``text`` or ``json``). ``max_instances`` and ``max_body_bytes`` are the
+    transformer's request limits (``None``: its defaults); the predictor's are raised to fit
+    its batches (:func:`~fraud_detection.serving.predictor.limits_for_batches`).
     ``clock`` is the transformer's (``wall`` for live traffic, ``event`` for replays of past
     data); ``state_dir`` is where it checkpoints its live state (``None``: no checkpoints, and
     ``$FRAUD_SERVING_STATE_DIR`` is not passed on). ``max_restarts`` and ``restart_window_s``
@@ -500,6 +518,9 @@ class StackConfig:
     predictor_protocol: str = "v1"
     access_log: bool = False
     log_dir: Path | None = None
+    log_format: str = "text"
+    max_instances: int | None = None
+    max_body_bytes: int | None = None
     predictor_args: Sequence[str] = ()
     transformer_args: Sequence[str] = ()
     startup_timeout_s: float = 60.0
@@ -530,8 +551,7 @@ class ServingStack:
         self.transformer: ServerProcess | None = None
         self.broker_process: BrokerProcess | None = None
         self.failure: ChildFailedError | None = None
-        self._temporary_logs: tempfile.TemporaryDirectory[str] | None = None
-        self.log_dir = config.log_dir
+        self.log_dir = Path(config.log_dir) if config.log_dir is not None else default_log_dir()
         self.bootstrap: str | None = config.kafka if config.mirror else None
         self._watches: list[_Watch] = []
         self._check_lock = threading.Lock()
@@ -551,9 +571,6 @@ class ServingStack:
     def start(self) -> Self:
         """Start everything and wait until it is ready; on failure, stop what was started."""
         config = self.config
-        if self.log_dir is None:
-            self._temporary_logs = tempfile.TemporaryDirectory(prefix="fraud-serve-")
-            self.log_dir = Path(self._temporary_logs.name)
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if config.mirror and config.kafka is None:
@@ -587,6 +604,12 @@ class ServingStack:
 
     def _predictor(self, log_path: Path) -> ServerProcess:
         config = self.config
+        limits: list[str] = []
+        if config.max_instances is not None:
+            from fraud_detection.serving.predictor import limits_for_batches
+
+            max_rows, max_body_bytes = limits_for_batches(config.max_instances)
+            limits = ["--max_rows", str(max_rows), "--max_body_bytes", str(max_body_bytes)]
         return ServerProcess(
             "predictor",
             PREDICTOR_MODULE,
@@ -596,6 +619,9 @@ class ServingStack:
                 config.runtime,
                 "--access_log",
                 str(config.access_log).lower(),
+                "--log_format",
+                config.log_format,
+                *limits,
                 *config.predictor_args,
             ],
             config.host,
@@ -609,6 +635,8 @@ class ServingStack:
             *self._source_args(),
             "--access_log",
             str(config.access_log).lower(),
+            "--log_format",
+            config.log_format,
             "--kafka_bootstrap",
             self.bootstrap or "none",
             "--clock",
@@ -632,6 +660,10 @@ class ServingStack:
             args += ["--state_dir", str(Path(config.state_dir).absolute())]
         if config.checkpoint_interval_s is not None:
             args += ["--checkpoint_interval", str(config.checkpoint_interval_s)]
+        if config.max_instances is not None:
+            args += ["--max_instances", str(config.max_instances)]
+        if config.max_body_bytes is not None:
+            args += ["--max_body_bytes", str(config.max_body_bytes)]
         return [*args, *config.transformer_args]
 
     # ------------------------------------------------------------------ supervision
@@ -777,14 +809,11 @@ class ServingStack:
                 if problem:
                     problems.append(problem)
         self.broker_process = None
-        if self._temporary_logs is not None:
-            self._temporary_logs.cleanup()
-            self._temporary_logs = None
-            self.log_dir = None
         return problems
 
     @staticmethod
     def _stop_child(child: ServerProcess | BrokerProcess) -> str | None:
+        """Stop one child; the problem (also logged as an error) when it could not be."""
         if child.wanted and not child.running and child.returncode is not None:
             log.warning(
                 "the %s (pid %s) %s before the stack stopped; log %s",
@@ -798,6 +827,12 @@ class ServingStack:
         except StopError as exc:
             log.error("%s", exc)
             return str(exc)
+        except Exception as exc:
+            # Not a known way to fail: logged with its traceback, and the other children are
+            # still stopped.
+            problem = f"stopping the {child.name} (pid {child.pid}) failed: {exc!r}"
+            log.exception("%s", problem)
+            return problem
         if child.running:
             problem = f"the {child.name} (pid {child.pid}) is still running after stop"
             log.error("%s", problem)
@@ -824,6 +859,7 @@ class ServingStack:
         urls["transformer metrics"] = f"{self.transformer.url}/metrics"
         if self.predictor is not None:
             urls["predictor"] = f"{self.predictor.url}/v1/models/{MODEL_NAME}:predict"
+            urls["predictor metrics"] = f"{self.predictor.url}/metrics"
         if self.bootstrap:
             urls["kafka mirror"] = self.bootstrap
         return urls

@@ -145,6 +145,7 @@ class MirrorConfig:
         reconnect_interval_s: pause between attempts to reach an unreachable broker.
         log_interval_s: at most one drop summary per interval in the logs.
         producer_priority: CPU priority of the producer process (:func:`set_priority`).
+        log_format: the producer process's log format, the server's (``text`` or ``json``).
     """
 
     bootstrap: str
@@ -159,6 +160,7 @@ class MirrorConfig:
     reconnect_interval_s: float = 1.0
     log_interval_s: float = 10.0
     producer_priority: str = "idle"
+    log_format: str = "text"
 
 
 @dataclass
@@ -773,10 +775,10 @@ class _Shared:
 def _producer_process(config: MirrorConfig, connection: Any, shared_array: Any) -> None:
     """Child process: offer the batches from the pipe to a :class:`KafkaMirror`; publish its
     counts before each hand-over to the producer and after each batch; stop when asked."""
+    from fraud_detection.serving.app import install_log_handler
+
     set_priority(config.producer_priority)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
-    )
+    install_log_handler(config.log_format, {"": logging.INFO})
     shared = _Shared(shared_array)
     publishing = threading.Lock()
 

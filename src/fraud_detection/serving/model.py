@@ -312,7 +312,7 @@ class BundleWatcher:
             self.failures += 1
             log.error("not switching to %s, still serving %s: %s", target, self._current, exc)
             return False
-        log.info("switched from %s to %s", self._current, target)
+        log.debug("loaded %s in place of %s", target, self._current)
         self._current, self._failed = target, None
         self.reloads += 1
         return True
@@ -328,10 +328,13 @@ class BundleWatcher:
 
 
 class FollowsBundle:
-    """Start, stop and reload plumbing shared by the predictor and the transformer models.
+    """Load, start, stop and reload plumbing shared by the predictor and the transformer models.
 
     The host class sets ``source``, ``reload_interval_s`` and ``watcher = None`` and implements
-    ``_swap(bundle_dir)``, which builds the new serving objects and swaps them in.
+    ``_swap(bundle_dir)``, which builds the new serving objects and swaps them in, and
+    ``served_version``. Every load goes through :meth:`load_bundle`: the served version is
+    exported (``fraud_model_info``), and each load after the first is counted as a switch
+    (``fraud_model_switches_total``) and logged at INFO with the old and the new version.
     """
 
     source: BundleSource
@@ -341,11 +344,43 @@ class FollowsBundle:
     def _swap(self, bundle_dir: Path) -> None:
         raise NotImplementedError
 
+    @property
+    def served_version(self) -> str | None:
+        """The model version served now (None before the first load)."""
+        raise NotImplementedError
+
+    def load_bundle(self, bundle_dir: Path) -> None:
+        """Swap in the bundle of ``bundle_dir``; export, count and log the switch.
+
+        Raises:
+            BundleError: and whatever loading raises; the served bundle does not change (a
+                refused switch is counted in ``fraud_model_switch_failures_total``).
+        """
+        from fraud_detection.serving.metrics import count_switch_failure, model_served
+
+        before = self.served_version
+        try:
+            self._swap(bundle_dir)
+        except Exception:
+            if before is not None:
+                count_switch_failure()
+            raise
+        after = self.served_version
+        assert after is not None
+        model_served(after, switched=before is not None)
+        role = type(self).__name__.lower()
+        if before is None:
+            return
+        if before == after:
+            log.info("%s reloaded model %s from %s", role, after, bundle_dir)
+        else:
+            log.info("%s switched model from %s to %s (%s)", role, before, after, bundle_dir)
+
     def follow_bundle(self, current: Path | None, name: str) -> None:
         """Start the watcher once a bundle is loaded (``current`` is its directory)."""
         if self.watcher is None and current is not None:
             self.watcher = BundleWatcher(
-                self.source, self._swap, current, self.reload_interval_s, name=name
+                self.source, self.load_bundle, current, self.reload_interval_s, name=name
             ).start()
 
     def stop_following(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fraud_detection.features import FEATURE_NAMES
 from fraud_detection.serving.model import (
     RUNTIMES,
     BundleSource,
@@ -43,7 +44,7 @@ from fraud_detection.serving.model import (
     ScoringModel,
     load_scoring_model,
 )
-from fraud_detection.serving.requests import RequestError
+from fraud_detection.serving.requests import DEFAULT_MAX_BODY_BYTES, RequestError
 
 # Named, not __name__: run with `python -m`, this module is __main__.
 log = logging.getLogger("fraud_detection.serving.predictor")
@@ -174,6 +175,18 @@ def _shape_text(shape: Any) -> str:
     return str(shape)[:40]
 
 
+#: Bytes of one feature value in a JSON body, at most (``-1.7976931348623157e+308,``).
+MAX_VALUE_JSON_BYTES = 25
+
+
+def limits_for_batches(max_instances: int) -> tuple[int, int]:
+    """``(--max_rows, --max_body_bytes)`` a predictor needs to score a transformer's batches of
+    up to ``max_instances`` rows (the defaults when they suffice)."""
+    row_bytes = MAX_VALUE_JSON_BYTES * len(FEATURE_NAMES) + 3
+    body_bytes = max_instances * row_bytes + 1_024
+    return max(DEFAULT_MAX_ROWS, max_instances), max(DEFAULT_MAX_BODY_BYTES, body_bytes)
+
+
 def make_predictor(
     name: str,
     source: BundleSource,
@@ -211,9 +224,14 @@ def _predictor_class() -> type:
 
         def load(self) -> bool:
             """Verify and load the bundle; raises the bundle errors on failure."""
-            self._swap(self.source.resolve())
+            self.load_bundle(self.source.resolve())
             self.ready = True
             return self.ready
+
+        @property
+        def served_version(self) -> str | None:
+            """The version of the model served now."""
+            return self.scoring_model.version if self.scoring_model is not None else None
 
         def _swap(self, bundle_dir: Path) -> None:
             scoring_model = load_scoring_model(bundle_dir, self.runtime)  # type: ignore[arg-type]
@@ -285,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The predictor's arguments: KServe's standard ones plus the bundle source and runtime."""
     from kserve.model_server import parser as kserve_parser
 
-    from fraud_detection.serving.app import add_bundle_source_arguments, add_server_arguments
+    from fraud_detection.serving.app import (
+        add_bundle_source_arguments,
+        add_server_arguments,
+        positive_int,
+    )
 
     parser = argparse.ArgumentParser(
         prog="python -m fraud_detection.serving.predictor",
@@ -296,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="Model runtime.")
     parser.add_argument(
         "--max_rows",
-        type=int,
+        type=positive_int,
         default=DEFAULT_MAX_ROWS,
         help="Most feature rows per request; larger batches get 413.",
     )

@@ -27,6 +27,10 @@ the new bundle come the model, the threshold and what its feature snapshot adds 
 seen, merchant labels known at its training). With ``--state_dir`` the live state is
 checkpointed every ``--checkpoint_interval`` seconds and at stop, and a restart resumes from
 the newest checkpoint.
+
+Metrics (:mod:`fraud_detection.serving.metrics`): transactions scored and flagged and their
+probabilities, failed calls to the predictor by kind, the served version, model switches and
+the cards in the live state, on ``/metrics``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ from fraud_detection.serving.live_state import (
     Checkpointer,
     LiveState,
     TimePolicy,
+)
+from fraud_detection.serving.metrics import (
+    count_predictor_failure,
+    count_scored,
+    watch_live_cards,
 )
 from fraud_detection.serving.mirror import (
     PRIORITIES,
@@ -172,6 +181,7 @@ def _transformer_class() -> type:
     from kserve import Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+    from fraud_detection.serving.app import PredictorUnavailableError
     from fraud_detection.serving.client import PredictorClient
 
     class Transformer(FollowsBundle, Model):
@@ -209,9 +219,14 @@ def _transformer_class() -> type:
         # ------------------------------------------------------------------ lifecycle
         def load(self) -> bool:
             """Verify the bundle and load the feature state (and model, collocated)."""
-            self._swap(self.source.resolve())
+            self.load_bundle(self.source.resolve())
             self.ready = True
             return self.ready
+
+        @property
+        def served_version(self) -> str | None:
+            """The version of the bundle served now (its threshold and feature snapshot)."""
+            return self.state.version if self.state is not None else None
 
         def _swap(self, bundle_dir: Path) -> None:
             state, snapshot = load_serving_state(bundle_dir, self.collocated, self.runtime)
@@ -219,6 +234,7 @@ def _transformer_class() -> type:
                 self.live = LiveState.restore(
                     snapshot, self.state_dir, self.time_policy, self.dedup_size
                 )
+                watch_live_cards(self.live)
             else:
                 self.live.adopt(snapshot)
             self.state = state
@@ -254,6 +270,11 @@ def _transformer_class() -> type:
             if self.mirror is not None:
                 self.mirror.stop()
             super().stop()
+
+        async def aclose(self) -> None:
+            """Close the connection pool to the predictor (on the server's event loop)."""
+            if self.client is not None:
+                await self.client.close()
 
         def threshold_for(self, state: ServingState) -> float:
             """The threshold in force: the override, else the bundle's, else 0.1."""
@@ -295,7 +316,11 @@ def _transformer_class() -> type:
             forwarded = None
             if headers and "x-request-id" in headers:
                 forwarded = {"x-request-id": headers["x-request-id"]}
-            probabilities, version = await self.client.score(batch.rows, forwarded)
+            try:
+                probabilities, version = await self.client.score(batch.rows, forwarded)
+            except PredictorUnavailableError as exc:
+                count_predictor_failure(exc.kind)
+                raise
             batch.probabilities = probabilities
             batch.model_version = version or batch.state.version
             return batch
@@ -307,11 +332,15 @@ def _transformer_class() -> type:
             version = batch.model_version or batch.state.version
             mirror = self.mirror
             predictions = []
+            probabilities = []
+            flagged_count = 0
             for tx, row, score in zip(
                 batch.transactions, batch.rows, batch.probabilities, strict=True
             ):
                 probability = round_probability(score)
                 flagged = is_flagged(probability, threshold)
+                probabilities.append(probability)
+                flagged_count += flagged
                 predictions.append(
                     {
                         "transaction_id": tx.transaction_id,
@@ -334,6 +363,7 @@ def _transformer_class() -> type:
                             version,
                         )
                     )
+            count_scored(probabilities, flagged_count)
             if batch.v2_request is None:
                 return {"predictions": predictions}
             return self._v2_response(batch.v2_request, predictions, version)
@@ -396,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fraud_detection.serving.app import (
         add_bundle_source_arguments,
         add_server_arguments,
+        positive_int,
         strtobool,
     )
     from fraud_detection.serving.predictor import DEFAULT_MODEL_NAME as PREDICTOR_MODEL_NAME
@@ -425,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Seconds to wait for the predictor before answering 503.",
     )
     parser.add_argument(
-        "--max_instances", type=int, default=DEFAULT_MAX_INSTANCES, help="Instances per request."
+        "--max_instances",
+        type=positive_int,
+        default=DEFAULT_MAX_INSTANCES,
+        help="Most instances per request; more get 413.",
     )
     parser.add_argument(
         "--dedup_size",
@@ -530,6 +564,7 @@ def mirror_from_args(args: argparse.Namespace) -> KafkaMirror | ProcessMirror | 
         queue_size=args.mirror_queue_size,
         delivery_timeout_ms=args.mirror_delivery_timeout_ms,
         producer_priority=args.mirror_priority,
+        log_format=args.log_format,
     )
     return ProcessMirror(config) if args.mirror_process else KafkaMirror(config)
 

@@ -312,18 +312,29 @@ def evaluate_step(
     deployed_dir: str | Path | None = None,
     review_cost: float = 5.0,
     fraud_amount: float = 0.0,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Score the test set; write the evaluation record and the predictions.
 
     ``deployed_dir`` is the bundle currently deployed (None: nothing deployed); it is scored on
-    the same test set. ``fraud_amount`` 0 means the test set's average fraud amount.
+    the same test set. ``fraud_amount`` 0 means the test set's average fraud amount. ``seed``
+    (default: the training seed) seeds the bootstrap intervals and the permutation importances.
+
+    The new model's metrics (not the deployed model's) also hold the alerts a day, the share of
+    the fraud amount caught and the confidence intervals
+    (:func:`~fraud_detection.training.evaluate.confidence_intervals`).
     """
     from fraud_detection.training.dataset import SPLIT_COLUMN, TEST, feature_matrix
     from fraud_detection.training.evaluate import (
         CLASS_NAMES,
+        alert_rate,
+        confidence_intervals,
         expected_cost,
+        fraud_value_caught,
         mean_fraud_amount,
+        permutation_importances,
         roc_points,
+        score_histogram,
         threshold_curve,
     )
     from fraud_detection.training.train import feature_importances
@@ -336,7 +347,12 @@ def evaluate_step(
     test = table[table[SPLIT_COLUMN] == TEST].reset_index(drop=True)
     features, labels = feature_matrix(test)
     scores = model.predict_proba(features)[:, 1]
+    seed = int(training["params"]["seed"]) if seed is None else seed
+    flagged = flag_scores(scores, threshold)
     metrics = score_metrics(labels, scores, test, threshold)
+    metrics.update(alert_rate(metrics["flagged"], test[TIMESTAMP]))
+    metrics.update(fraud_value_caught(test[AMOUNT].to_numpy(), labels, flagged))
+    metrics["confidence_intervals"] = confidence_intervals(labels, scores, threshold, seed)
     curve = threshold_curve(labels, scores)
     amount = fraud_amount or mean_fraud_amount(test[AMOUNT].to_numpy(), labels)
     fpr, tpr, roc_thresholds = roc_points(labels, scores)
@@ -351,8 +367,13 @@ def evaluate_step(
             "expected_cost": expected_cost(curve, review_cost, amount),
             "review_cost": review_cost,
             "fraud_amount": amount,
+            "fraud_amount_source": "parameter" if fraud_amount else "test mean",
         },
+        "score_histogram": score_histogram(labels, scores),
         "feature_importances": feature_importances(model, FEATURE_NAMES),
+        "permutation_importances": permutation_importances(
+            model, features, labels, FEATURE_NAMES, seed
+        ),
         "training": {key: training[key] for key in ("params", "split", "fit")},
         "deployed": evaluate_deployed(
             Path(deployed_dir) if deployed_dir else None, features, labels, test, threshold
@@ -361,7 +382,7 @@ def evaluate_step(
     write_json(evaluation_path, evaluation)
     predictions = test[[TRANSACTION_ID, CARD_ID, TIMESTAMP, AMOUNT, LABEL]].copy()
     predictions[SCORE] = scores
-    predictions[FLAGGED] = flag_scores(scores, threshold)
+    predictions[FLAGGED] = flagged
     _write_parquet(predictions, predictions_path)
     return evaluation
 

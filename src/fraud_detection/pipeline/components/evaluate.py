@@ -15,7 +15,8 @@ def evaluate(
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
 ):
-    """Score the test set; log recall, precision, F1, PR-AUC, ROC-AUC and Card Precision@100 as
+    """Score the test set; log recall, precision, F1, PR-AUC, ROC-AUC and Card Precision@100,
+    their 95 % confidence bounds, the alerts a day and the share of the fraud amount caught as
     Metrics and the confusion matrix and ROC curve as ClassificationMetrics. The model deployed
     in the registry, if any, is scored on the same test set."""
     from fraud_detection.training.steps import deployed_bundle, evaluate_step
@@ -34,6 +35,12 @@ def evaluate(
     for name in ("recall", "precision", "f1", "pr_auc", "roc_auc", "card_precision_at_100"):
         metrics.log_metric(name, float(scores[name]))
     metrics.log_metric("threshold", float(scores["threshold"]))
+    for name in ("alerts_per_day", "fraud_value_caught_share"):
+        metrics.log_metric(name, float(scores[name]))
+    for name, interval in scores["confidence_intervals"].items():
+        if isinstance(interval, dict):
+            metrics.log_metric(f"{name}_ci_low", float(interval["low"]))
+            metrics.log_metric(f"{name}_ci_high", float(interval["high"]))
     deployed = result["deployed"]
     if deployed.get("evaluated"):
         for name in ("recall", "f1", "pr_auc"):

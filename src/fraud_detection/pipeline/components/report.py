@@ -9,8 +9,11 @@ def report(
     bundle: Input[Model],
     run_report: Output[HTML],
 ):
-    """Render the run report: PR curve with the operating point, metrics by threshold, the
-    confusion matrix, feature importances and the expected cost per threshold."""
+    """Render the run report for an analyst: the gate's decision and what it means for
+    deployment (this step runs before deploy), alerts a day and the share of the fraud amount
+    caught, metrics with confidence intervals, the PR curve and metrics by threshold, the score
+    distribution of each class, the confusion matrix, impurity and permutation importances and
+    the expected cost per threshold."""
     from fraud_detection.training.steps import report_step
 
     report_step(evaluation.path, decision.path, bundle.path, run_report.path)
