@@ -8,16 +8,26 @@
 ``transformer-stock``
     A minimal KServe transformer in front of it: features from the same online state, KServe's
     own ``Model.predict`` (its httpx client) to the predictor, the threshold on the answer.
-``predictor-noop`` / ``transformer-noop``
-    A do-nothing pair: the floor of KServe's two-hop architecture.
+``predictor-noop``
+    A do-nothing model server: answers every instance with 0. Alone, it is the floor of any
+    KServe model server (one hop: HTTP, JSON, KServe's data plane).
+``transformer-noop``
+    A do-nothing transformer (KServe's default pre/postprocess and client) in front of
+    ``predictor-noop``: the floor of KServe's two-hop architecture.
 
-All run with KServe's default server settings (latency logging, access log); only the bind
-address is set to loopback.
+Server settings are KServe's own arguments (``kserve.model_server.parser``), plus the two this
+project's servers also take, with the same meaning: ``--bind_host`` and ``--access_log``.
+``--access_log false`` silences the per-request log lines (uvicorn's access log and KServe's
+request timings, logger ``kserve.trace``) exactly as the project's servers do;
+``--enable_latency_logging false`` is KServe's switch for its per-request latency line. The
+benchmark passes the same values to every server it starts, this script's and the project's.
+At start the script logs the settings it runs with.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 import sys
@@ -27,7 +37,8 @@ import joblib
 import kserve
 import kserve.model_server as kms
 from kserve.errors import InferenceError, ModelMissingError
-from kserve.utils.utils import get_predict_input, get_predict_response
+from kserve.logging import logger
+from kserve.utils.utils import get_predict_input, get_predict_response, strtobool
 
 MODEL_EXTENSIONS = (".joblib", ".pkl", ".pickle")
 
@@ -119,12 +130,39 @@ class NoopTransformer(kserve.Model):
         self.ready = True
 
 
+def build_model(args: argparse.Namespace) -> kserve.Model:
+    """The model of ``args.role``, loaded and ready."""
+    if args.role == "predictor-sklearn":
+        os.environ["PREDICT_PROBA"] = "true"
+        model: kserve.Model = SKLearnModel(args.model_name, str(pathlib.Path(args.model_dir)))
+        model.load()
+        return model
+    if args.role == "transformer-stock":
+        return StockTransformer(
+            args.model_name,
+            str(pathlib.Path(args.model_dir) / "feature_state.json.gz"),
+            args.threshold,
+        )
+    if args.role == "predictor-noop":
+        return NoopPredictor(args.model_name)
+    if args.role == "transformer-noop":
+        return NoopTransformer(args.model_name)
+    sys.exit(f"unknown role {args.role}")
+
+
 def main() -> None:
+    """Parse KServe's arguments and the role, then serve until SIGTERM."""
     parser = argparse.ArgumentParser(parents=[kms.parser])
     parser.add_argument("role")
     parser.add_argument("--model_dir")
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--bind_host", default="0.0.0.0")
+    parser.add_argument(
+        "--access_log",
+        type=strtobool,
+        default=True,
+        help="Log per-request lines (uvicorn access log, KServe request timings).",
+    )
     args = parser.parse_args()
 
     class LoopbackRESTServer(kms.RESTServer):
@@ -133,24 +171,35 @@ def main() -> None:
             self.config.host = args.bind_host
 
     kms.RESTServer = LoopbackRESTServer
-    if args.role == "predictor-sklearn":
-        os.environ["PREDICT_PROBA"] = "true"
-        model_dir = pathlib.Path(args.model_dir)
-        model: kserve.Model = SKLearnModel(args.model_name, str(model_dir))
-        model.load()
-    elif args.role == "transformer-stock":
-        model = StockTransformer(
-            args.model_name,
-            str(pathlib.Path(args.model_dir) / "feature_state.json.gz"),
-            args.threshold,
-        )
-    elif args.role == "predictor-noop":
-        model = NoopPredictor(args.model_name)
-    elif args.role == "transformer-noop":
-        model = NoopTransformer(args.model_name)
-    else:
-        sys.exit(f"unknown role {args.role}")
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False).start([model])
+    model = build_model(args)
+    # Every setting from this parser, as the project's servers pass them: KServe's defaults
+    # come from its own import-time parse of the command line, where argparse reads the
+    # abbreviation ``--access_log`` as ``--access_log_format``. The constructor configures
+    # KServe's logging, so the levels below are set after it.
+    server = kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    )
+    if not args.access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    logger.info(
+        "%s: access log %s, latency logging %s, grpc %s",
+        args.role,
+        "on" if args.access_log else "off",
+        "on" if args.enable_latency_logging else "off",
+        "on" if args.enable_grpc else "off",
+    )
+    server.start([model])
 
 
 if __name__ == "__main__":
