@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.monitor_cli import register as register_monitor
 from fraud_detection.pipeline_cli import EXIT_INVALID_ARGUMENTS
 from fraud_detection.pipeline_cli import register as register_pipeline
 from fraud_detection.serve_cli import register as register_serving
@@ -229,6 +230,7 @@ def kafka_status(state_dir: StateDirOption = None) -> None:
 
 register_serving(app)
 register_pipeline(app)
+register_monitor(app)
 
 
 def main() -> None:

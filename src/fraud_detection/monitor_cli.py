@@ -1,0 +1,301 @@
+"""``fraud monitor`` (also ``python -m fraud_detection.monitoring``): the feature-drift monitor.
+
+Parses and checks the options, then runs :class:`fraud_detection.monitoring.consumer.
+DriftMonitor` until Ctrl-C or SIGTERM. Nothing heavy is imported until the command runs;
+alibi-detect (about 10 s) is imported in the background once the monitor starts. Exit statuses:
+
+* 0 (:data:`EXIT_OK`): stopped by Ctrl-C or SIGTERM (what is safe was committed);
+* 1 (:data:`EXIT_FAILED`): the broker could not be reached, or results could not be written
+  (nothing more was committed: a restart writes them);
+* 2 (:data:`EXIT_USAGE`): invalid options; nothing started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from fraud_detection.monitoring.consumer import MonitorConfig
+
+console = Console(stderr=True)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+#: The port ``/metrics`` listens on by default.
+DEFAULT_METRICS_PORT = 9108
+RESULTS_FILE = Path("monitoring") / "feature-drift.jsonl"
+MONITOR_EPILOG = (
+    "Windows: each partition's records are cut into windows of --window-size valid records, or "
+    "shorter when the transactions' own time passes --max-span seconds after the window's first "
+    "record (replays and restarts cut the same windows as live traffic). Each model version's "
+    "records in a window are compared with that version's drift reference (the bundle's "
+    "drift_reference.npz) by feature-wise KS tests, Bonferroni-corrected at --p-val; the score is "
+    "tested too when the reference holds scores. "
+    "Exit status: 0 stopped by Ctrl-C or SIGTERM; 1 the broker could not be reached or results "
+    "could not be written; 2 invalid options."
+)
+
+
+def _usage(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def default_results_file() -> Path:
+    """``monitoring/feature-drift.jsonl`` in ``$FRAUD_STATE_DIR``, else in ``./.fraud``."""
+    from fraud_detection.streaming.broker import DEFAULT_STATE_ROOT, ENV_STATE_DIR
+
+    return Path(os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_ROOT) / RESULTS_FILE
+
+
+def monitor(
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka bootstrap servers. Default: $FRAUD_KAFKA_BOOTSTRAP, else the broker of "
+            "`fraud kafka up` if it runs, else 127.0.0.1:9092."
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            help="The mirror topic [default: $FRAUD_KAFKA_TOPIC_MIRROR, else "
+            "fraud-detector-requests]."
+        ),
+    ] = None,
+    group: Annotated[str, typer.Option(help="Consumer group.")] = "fraud-drift-monitor",
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model registry root: a version's bundle is <registry>/versions/<version> "
+            "[default: $FRAUD_REGISTRY, else ./registry]."
+        ),
+    ] = None,
+    bundles: Annotated[
+        str | None,
+        typer.Option(
+            help="Find bundles with this path template instead of the registry, e.g. "
+            "/mnt/models/{version}."
+        ),
+    ] = None,
+    results_topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic of the window results [default: $FRAUD_KAFKA_TOPIC_MONITORING, else "
+            "fraud-monitoring]."
+        ),
+    ] = None,
+    no_results_topic: Annotated[
+        bool, typer.Option("--no-results-topic", help="Write no results to Kafka.")
+    ] = False,
+    results_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON-lines file the results are appended to [default: "
+            "monitoring/feature-drift.jsonl in $FRAUD_STATE_DIR, else in ./.fraud]."
+        ),
+    ] = None,
+    window_size: Annotated[int, typer.Option(help="Valid records per window.")] = 1_000,
+    max_span: Annotated[
+        float,
+        typer.Option(help="Longest window, in seconds of the transactions' own time."),
+    ] = 3_600.0,
+    min_records: Annotated[
+        int, typer.Option(help="A version's records in a window below this are not tested.")
+    ] = 100,
+    p_val: Annotated[
+        float, typer.Option(help="Significance level of a window's test, before correction.")
+    ] = 0.05,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="FEATURE",
+            help="A feature not to test (repeatable), besides hour, is_night and is_weekend.",
+        ),
+    ] = None,
+    test_calendar: Annotated[
+        bool,
+        typer.Option(
+            "--test-calendar", help="Test hour, is_night and is_weekend too (excluded by default)."
+        ),
+    ] = False,
+    match_time: Annotated[
+        bool,
+        typer.Option(
+            help="Compare each window with the reference rows of the same hours of the day and "
+            "kind of day (weekend or not)."
+        ),
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the reference draws.")] = 0,
+    metrics_port: Annotated[
+        int, typer.Option(help="Port of /metrics (Prometheus); 0 for none.")
+    ] = DEFAULT_METRICS_PORT,
+    metrics_host: Annotated[str, typer.Option(help="Address /metrics listens on.")] = "127.0.0.1",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log every skipped record.")] = False,
+) -> None:
+    """Watch the mirrored scoring records for feature drift, one result per window.
+
+    Results go to a topic, a JSON-lines file and Prometheus metrics. Stops on Ctrl-C or SIGTERM.
+    """
+    from fraud_detection.features import FEATURE_NAMES
+    from fraud_detection.monitoring.consumer import MonitorConfig
+    from fraud_detection.monitoring.detector import CALENDAR_FEATURES, DetectorConfig
+    from fraud_detection.monitoring.sinks import results_topic as default_results_topic
+    from fraud_detection.monitoring.windows import WindowConfig
+    from fraud_detection.streaming.kafka import Topics, resolve_bootstrap
+
+    if not 0.0 < p_val < 1.0:
+        raise _usage(f"--p-val: must be in (0, 1), got {p_val:g}")
+    if window_size < 2:
+        raise _usage(f"--window-size: must be >= 2, got {window_size}")
+    if not 0.0 < max_span < float("inf"):
+        raise _usage(f"--max-span: must be a positive number of seconds, got {max_span:g}")
+    if not 1 <= min_records <= window_size:
+        raise _usage(
+            f"--min-records: must be between 1 and --window-size ({window_size}), got {min_records}"
+        )
+    if seed < 0:
+        raise _usage(f"--seed: must be >= 0, got {seed}")
+    if not 0 <= metrics_port <= 65535:
+        raise _usage(f"--metrics-port: must be between 0 and 65535, got {metrics_port}")
+    unknown = [name for name in exclude or [] if name not in FEATURE_NAMES]
+    if unknown:
+        raise _usage(
+            f"--exclude: unknown feature {unknown[0]!r}; known: {', '.join(FEATURE_NAMES)}"
+        )
+    if bundles is not None and registry is not None:
+        raise _usage("--bundles and --registry exclude each other")
+    if bundles is not None and "{version}" not in bundles:
+        raise _usage(f"--bundles: must contain {{version}}, got {bundles!r}")
+    if no_results_topic and results_topic is not None:
+        raise _usage("--results-topic and --no-results-topic exclude each other")
+    excluded = tuple(
+        dict.fromkeys([*(() if test_calendar else CALENDAR_FEATURES), *(exclude or [])])
+    )
+    if len(excluded) == len(FEATURE_NAMES):
+        raise _usage("--exclude: every feature is excluded; nothing would be tested")
+
+    if kafka is None:
+        from fraud_detection.serve_cli import existing_bootstrap
+
+        kafka = existing_bootstrap()
+    config = MonitorConfig(
+        bootstrap=resolve_bootstrap(kafka),
+        topic=topic or Topics.from_env().mirror,
+        group_id=group,
+        results_topic=None if no_results_topic else results_topic or default_results_topic(),
+        results_file=results_file or default_results_file(),
+        windows=WindowConfig(size=window_size, max_span_s=max_span),
+        detector=DetectorConfig(
+            p_val=p_val,
+            min_records=min_records,
+            excluded=excluded,
+            match_time=match_time,
+            seed=seed,
+        ),
+        metrics_port=metrics_port or None,
+        metrics_host=metrics_host,
+    )
+    raise typer.Exit(run(config, registry=registry, bundles=bundles, verbose=verbose))
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("fraud_detection").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("fraud_detection.monitoring.consumer").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def run(
+    config: MonitorConfig,
+    registry: Path | None = None,
+    bundles: str | None = None,
+    verbose: bool = False,
+) -> int:
+    """Run the monitor of ``config`` until SIGINT or SIGTERM; return the exit status.
+
+    Bundles are found with ``bundles`` (a path template with ``{version}``) if given, else in
+    the registry at ``registry`` (default ``$FRAUD_REGISTRY`` or ``./registry``).
+    """
+    import kafka.errors
+
+    from fraud_detection.monitoring.consumer import DriftMonitor, open_sinks
+    from fraud_detection.monitoring.reference import (
+        BundleLocator,
+        ReferenceCache,
+        RegistryLocator,
+        TemplateLocator,
+    )
+    from fraud_detection.monitoring.sinks import SinkError
+
+    _configure_logging(verbose)
+    locator: BundleLocator = TemplateLocator(bundles) if bundles else RegistryLocator(registry)
+    stop = threading.Event()
+    handlers = {signum: lambda *_: stop.set() for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        sinks = open_sinks(config)
+        monitor = DriftMonitor(config, ReferenceCache(locator), sinks)
+        where = [f"results file {config.results_file}"] if config.results_file else []
+        if config.results_topic:
+            where.append(f"topic {config.results_topic}")
+        if config.metrics_port:
+            where.append(f"http://{config.metrics_host}:{config.metrics_port}/metrics")
+        console.print(
+            f"drift monitor: {config.topic} on {config.bootstrap} (group {config.group_id}), "
+            f"bundles from {locator!r}; results to {', '.join(where)}. Ctrl-C or SIGTERM stops.",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        monitor.run(stop)
+    except (kafka.errors.KafkaError, SinkError, OSError) as exc:
+        console.print(
+            f"[bold red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+            f"(Kafka at {escape(config.bootstrap)})",
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    console.print("drift monitor stopped", highlight=False)
+    return EXIT_OK
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``fraud monitor`` to the ``fraud`` app."""
+    app.command("monitor", epilog=MONITOR_EPILOG)(monitor)
+
+
+def main() -> None:
+    """Entry point of ``python -m fraud_detection.monitoring``: the ``monitor`` command alone."""
+    app = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"max_content_width": 120},
+    )
+    app.command(epilog=MONITOR_EPILOG)(monitor)
+    app(prog_name="python -m fraud_detection.monitoring")

@@ -1,0 +1,250 @@
+"""The drift test of one window: arrays in, a :class:`DriftTest` out; no I/O, no Kafka.
+
+Each tested column (every feature but the excluded ones, plus the score when the reference has
+scores) gets a two-sample Kolmogorov-Smirnov test against the reference, through alibi-detect's
+``KSDrift``; the window drifts when any column's p-value is below the Bonferroni-corrected
+threshold ``p_val / number of tested columns``, so on stationary traffic at most about
+``p_val`` of the windows raise a false alarm, however many columns are tested.
+
+**Time of day.** A window shorter than a day sees only some hours, and much of the traffic
+follows the clock: ``hour`` and ``is_night`` are the clock, the time since a card's previous
+transaction is longer in the morning, and merchants' daily counts follow the week. Compared with
+a reference drawn over whole days and weeks, such a window would drift every time (measured:
+every window of 1,000 time-ordered stationary records). So, by default (``match_time``), each
+window is compared with the reference rows of the same hours and kind of day: the reference rows
+are drawn, without replacement, stratum by stratum (hour of day x weekend or not) in the
+window's own proportions, as many as the reference allows. Strata are read from the window's
+``hour`` and ``is_weekend`` features. When the reference has no row for some stratum of the
+window (or too few overall), the strata coarsen to the hour alone, then to none (the whole
+reference); :attr:`DriftTest.matched_on` says which was used. The calendar features themselves
+(:data:`CALENDAR_FEATURES`) are excluded by default: matched, they carry no information.
+
+The draw is seeded from the window's id, so a window formed twice (after a restart) gets the
+same reference rows and the same result.
+
+alibi-detect is imported when the first window is tested (about 10 s: it pulls in
+``transformers``); :func:`preload` imports it ahead of time, e.g. in a thread at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fraud_detection.monitoring.reference import DriftReference
+from fraud_detection.monitoring.windows import VersionSlice
+
+#: The features that are the clock; excluded from the tests by default.
+CALENDAR_FEATURES: tuple[str, ...] = ("hour", "is_night", "is_weekend")
+#: The features whose values define the strata of the time matching, finest first.
+STRATA_FEATURES: tuple[str, ...] = ("hour", "is_weekend")
+#: The name the score's test is reported under.
+SCORE_NAME = "fraud_probability"
+CORRECTION = "bonferroni"
+DEFAULT_P_VAL = 0.05
+DEFAULT_MIN_RECORDS = 100
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How windows are tested.
+
+    Attributes:
+        p_val: the family-wise significance level of one window's test (before correction).
+        min_records: a version's records in a window below this are not tested (reported with
+            ``tested: false``); the time-matched reference must also reach this many rows.
+        excluded: features not tested.
+        match_time: compare with reference rows of the window's hours (module docstring).
+        seed: mixed into every window's seed for the reference draw.
+    """
+
+    p_val: float = DEFAULT_P_VAL
+    min_records: int = DEFAULT_MIN_RECORDS
+    excluded: tuple[str, ...] = CALENDAR_FEATURES
+    match_time: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p_val < 1.0:
+            raise ValueError(f"p_val: must be in (0, 1), got {self.p_val!r}")
+        if isinstance(self.min_records, bool) or self.min_records < 1:
+            raise ValueError(f"min_records: must be an integer >= 1, got {self.min_records!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class ColumnTest:
+    """The KS test of one column: statistic, p-value, and whether it is below the threshold."""
+
+    name: str
+    statistic: float
+    p_value: float
+    is_drift: bool
+
+
+@dataclass(frozen=True)
+class DriftTest:
+    """The test of one version's records in one window.
+
+    Attributes:
+        features: one test per tested feature, in the reference's order.
+        score: the score's test, or None when the reference has no scores.
+        threshold: the corrected threshold each p-value is compared with.
+        is_drift: any column below the threshold.
+        reference_rows: the reference rows the window was compared with.
+        matched_on: the strata the reference rows were matched on (empty: the whole reference).
+    """
+
+    features: tuple[ColumnTest, ...]
+    score: ColumnTest | None
+    threshold: float
+    is_drift: bool
+    reference_rows: int
+    matched_on: tuple[str, ...]
+
+    @property
+    def drifted(self) -> list[str]:
+        """The names of the columns below the threshold (the score's as ``fraud_probability``)."""
+        tests = [*self.features, *([self.score] if self.score is not None else [])]
+        return [test.name for test in tests if test.is_drift]
+
+
+def preload() -> None:
+    """Import alibi-detect's KS detector now (it takes about 10 s)."""
+    from alibi_detect.cd.ks import KSDrift  # noqa: F401
+
+
+def ks_drift(
+    reference: np.ndarray, window: np.ndarray, names: Sequence[str], p_val: float
+) -> tuple[list[ColumnTest], float, bool]:
+    """Feature-wise KS tests of ``window`` against ``reference`` with alibi-detect ``KSDrift``.
+
+    Args:
+        reference: reference rows (rows x columns).
+        window: the window's rows, same columns.
+        names: the columns' names.
+        p_val: the significance level before the Bonferroni correction.
+
+    Returns:
+        The per-column tests, the corrected threshold (``p_val / columns``) and whether any
+        column is below it.
+    """
+    from alibi_detect.cd.ks import KSDrift
+
+    if reference.ndim != 2 or window.ndim != 2 or reference.shape[1] != window.shape[1]:
+        raise ValueError(
+            f"reference {reference.shape} and window {window.shape} must be 2-D with the same "
+            "columns"
+        )
+    if len(names) != window.shape[1] or not len(names):
+        raise ValueError(f"names: {len(names)} for {window.shape[1]} columns")
+    detector = KSDrift(reference, p_val=p_val, correction=CORRECTION)
+    prediction = detector.predict(
+        window, drift_type="batch", return_p_val=True, return_distance=True
+    )["data"]
+    threshold = float(prediction["threshold"])
+    tests = [
+        ColumnTest(name, float(statistic), float(p_value), bool(p_value < threshold))
+        for name, statistic, p_value in zip(
+            names, prediction["distance"], prediction["p_val"], strict=True
+        )
+    ]
+    return tests, threshold, bool(prediction["is_drift"])
+
+
+def window_seed(seed: int, window_id: str) -> int:
+    """A 64-bit seed of ``seed`` and a window id: the same window, the same draw."""
+    digest = hashlib.sha256(f"{seed}:{window_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def matched_rows(
+    reference_keys: np.ndarray, window_keys: np.ndarray, rng: np.random.Generator, min_rows: int
+) -> np.ndarray | None:
+    """Reference row indices whose stratum mix is the window's, as many as the reference allows.
+
+    Each stratum (a key) gets ``round(n * share)`` rows, where ``share`` is its share of the
+    window and ``n`` the largest total every stratum can supply without replacement. None when
+    a stratum of the window has no reference row, or fewer than ``min_rows`` rows result.
+    """
+    keys, counts = np.unique(window_keys, return_counts=True)
+    shares = counts / counts.sum()
+    pools = [np.flatnonzero(reference_keys == key) for key in keys]
+    available = np.array([len(pool) for pool in pools])
+    if (available == 0).any():
+        return None
+    total = int(np.floor(np.min(available / shares) + 1e-9))
+    takes = np.minimum(np.round(total * shares).astype(int), available)
+    if takes.sum() < min_rows:
+        return None
+    chosen = [
+        rng.choice(pool, take, replace=False) for pool, take in zip(pools, takes, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _strata_keys(values: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """One integer key per row from the (small, non-negative integer) strata columns."""
+    keys = np.zeros(values.shape[0], dtype=np.int64)
+    for column in columns:
+        keys = keys * 1_000 + np.clip(np.rint(values[:, column]), 0, 999).astype(np.int64)
+    return keys
+
+
+def _time_matched(
+    reference: DriftReference, window: np.ndarray, config: DetectorConfig, seed: int
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The reference rows to compare with (indices) and the strata they were matched on."""
+    everything = np.arange(reference.rows)
+    if not config.match_time:
+        return everything, ()
+    names = reference.feature_names
+    strata = [name for name in STRATA_FEATURES if name in names]
+    rng = np.random.default_rng(seed)
+    while strata:
+        columns = [names.index(name) for name in strata]
+        rows = matched_rows(
+            _strata_keys(reference.features, columns),
+            _strata_keys(window, columns),
+            rng,
+            min(config.min_records, reference.rows),
+        )
+        if rows is not None:
+            return rows, tuple(strata)
+        strata = strata[:-1]
+    return everything, ()
+
+
+def detect_drift(part: VersionSlice, config: DetectorConfig, seed: int) -> DriftTest | None:
+    """Test one version's records of a window against its reference; None when too few.
+
+    Args:
+        part: the records and their reference.
+        config: the test's settings.
+        seed: the seed of the reference draw (:func:`window_seed`).
+    """
+    if part.size < config.min_records:
+        return None
+    reference = part.reference
+    names = reference.feature_names
+    columns = [index for index, name in enumerate(names) if name not in config.excluded]
+    rows, matched_on = _time_matched(reference, part.values, config, seed)
+    tested_names = [names[index] for index in columns]
+    reference_matrix = reference.features[np.ix_(rows, columns)]
+    window_matrix = part.values[:, columns]
+    with_score = reference.scores is not None
+    if with_score:
+        reference_matrix = np.column_stack([reference_matrix, reference.scores[rows]])
+        window_matrix = np.column_stack([window_matrix, part.scores])
+        tested_names.append(SCORE_NAME)
+    if not tested_names:
+        raise ValueError("no column to test: every feature is excluded and there are no scores")
+    tests, threshold, is_drift = ks_drift(
+        reference_matrix, window_matrix, tested_names, config.p_val
+    )
+    score = tests.pop() if with_score else None
+    return DriftTest(tuple(tests), score, threshold, is_drift, len(rows), matched_on)
