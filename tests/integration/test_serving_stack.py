@@ -933,11 +933,18 @@ def test_fraud_serve_logs_json_and_takes_the_request_limits(
         records = [json.loads(line) for line in lines]  # fails on a line that is not JSON
         loggers = {record["logger"].split(".")[0] for record in records}
         assert {"fraud_detection", "kserve", "uvicorn"} <= loggers, loggers
-        # No error in the server process (the mirror's producer process may log Kafka errors
-        # at stop: 9,000 records at once is a burst it may not deliver in time).
+        # No error in the server process, except the one a busy machine may cause: 9,000
+        # records at once is a burst the mirror's producer may not deliver within the stop's
+        # deadline, and it is then killed (what it held is counted; test_serving_mirror.py).
         server = next(r["pid"] for r in records if r["logger"] == "kserve")
-        errors = [r for r in records if r["pid"] == server and r["level"] == "ERROR"]
-        assert not errors, errors
+        errors = [
+            r
+            for r in records
+            if r["pid"] == server
+            and r["level"] == "ERROR"
+            and r["message"] != "mirror: the producer process did not stop in time; killing it"
+        ]
+        assert not errors, [(r["logger"], r["message"]) for r in errors]
     transformer_records = [json.loads(line) for line in (logs / "transformer.log").open()]
     assert {record["pid"] for record in transformer_records if record["logger"].startswith("kafka")}
 
