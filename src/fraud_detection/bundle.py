@@ -2,8 +2,10 @@
 
 A bundle holds the model (``model.joblib`` for KServe's sklearn runtime, ``model.onnx`` for the
 fast path), the online feature-state snapshot, a drift reference sample and ``manifest.json``,
-which records the version, the feature names, the threshold, the metrics and the sha256 of
-every other file. Servers call :func:`verify_bundle` before loading anything.
+which records the version, the feature names, the threshold, the metrics, the sha256 of every
+other file, why the model was trained (``trigger_reason``) and the time span of its data
+(``data_start``, ``data_end``). Servers call :func:`verify_bundle` before loading anything.
+Manifests written before a field existed still load (the field is then empty).
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class Manifest:
     data_fingerprint: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Why the model was trained: ``manual``, ``schedule``, or the retraining trigger's reason.
+    trigger_reason: str = ""
+    #: The first and last transaction time the model was trained and tested on (ISO-8601 UTC).
+    data_start: str = ""
+    data_end: str = ""
 
     def to_json(self) -> str:
         """Stable, human-readable JSON."""

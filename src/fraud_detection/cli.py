@@ -12,7 +12,10 @@ from rich.markup import escape
 from fraud_detection.monitor_cli import register as register_monitor
 from fraud_detection.pipeline_cli import EXIT_INVALID_ARGUMENTS
 from fraud_detection.pipeline_cli import register as register_pipeline
+from fraud_detection.replay_cli import register as register_replay
+from fraud_detection.report_cli import register as register_report
 from fraud_detection.serve_cli import register as register_serving
+from fraud_detection.trigger_cli import register as register_trigger
 
 #: The distribution whose version ``fraud --version`` prints.
 DISTRIBUTION = "fraud-detection"
@@ -231,6 +234,9 @@ def kafka_status(state_dir: StateDirOption = None) -> None:
 register_serving(app)
 register_pipeline(app)
 register_monitor(app)
+register_replay(app)
+register_trigger(app)
+register_report(app)
 
 
 def main() -> None:

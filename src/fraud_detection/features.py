@@ -32,7 +32,11 @@ Definitions (all times in UTC, windows are trailing and exclude the transaction 
 
 Merchant risk needs labels: offline they come from the frame's ``is_fraud`` column (zeros when
 absent); online, from :meth:`OnlineFeatureState.record_label` (the training snapshot carries
-the labels known at training time, and a labels stream can keep it current).
+the labels known at training time, and the labels stream keeps it current). Online labels are
+idempotent by construction: each merchant-day bucket remembers the ids of the fraudulent
+transactions it counts, so a label delivered twice (Kafka is at-least-once, a restart re-reads)
+or already in the training snapshot counts once, and a reversed label (``is_fraud=0`` after
+``1``) takes its fraud back out.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fraud_detection.schema import AMOUNT, CARD_ID, LABEL, MERCHANT_ID, TIMESTAMP
+from fraud_detection.schema import AMOUNT, CARD_ID, LABEL, MERCHANT_ID, TIMESTAMP, TRANSACTION_ID
 
 WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
 MICROS_PER_SECOND = 1_000_000
@@ -86,7 +90,12 @@ MERCHANT_FEATURE_NAMES: tuple[str, ...] = tuple(
     name for days in WINDOW_DAYS for name in (f"merchant_count_{days}d", f"merchant_risk_{days}d")
 )
 FEATURE_NAMES: tuple[str, ...] = CARD_FEATURE_NAMES + MERCHANT_FEATURE_NAMES
-STATE_FORMAT_VERSION = 1
+#: Format 2: each merchant-day bucket lists the ids of its fraudulent transactions.
+STATE_FORMAT_VERSION = 2
+#: Format 1 counted frauds without their ids; see :meth:`OnlineFeatureState.from_dict`.
+_LEGACY_FORMAT_VERSION = 1
+#: Oldest merchant day an online state keeps, relative to its latest transaction's day.
+MERCHANT_RETENTION_DAYS = LABEL_DELAY_DAYS + max(WINDOW_DAYS) + RETENTION_MARGIN_DAYS
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICRO = timedelta(microseconds=1)
 
@@ -318,13 +327,15 @@ class OnlineFeatureState:
     state does not depend on arrival order beyond what was known when each was scored. Which
     times are accepted at all is the caller's decision (the transformer admits a bounded range
     around its clock). Merchant buckets are calendar days:
-    ``{merchant: {day: [transactions, frauds]}}``.
+    ``{merchant: {day: [transactions, frauds, fraud_ids]}}``, where ``fraud_ids`` is the set of
+    the transaction ids counted in ``frauds`` (None while there are none), so
+    ``frauds == len(fraud_ids)`` always and a label is counted at most once.
     """
 
     def __init__(self) -> None:
         # In order of last activity (oldest first), so idle ones are forgotten from the front.
         self._cards: OrderedDict[str, _CardHistory] = OrderedDict()
-        self._merchants: OrderedDict[str, dict[int, list[int]]] = OrderedDict()
+        self._merchants: OrderedDict[str, dict[int, list]] = OrderedDict()
         self.last_timestamp_micros: int | None = None
 
     def __len__(self) -> int:
@@ -344,18 +355,54 @@ class OnlineFeatureState:
         vector += _merchant_window_features(buckets, day)
         bucket = buckets.get(day)
         if bucket is None:
-            bucket = buckets[day] = [0, 0]
-            _forget_days_before(
-                buckets, day - LABEL_DELAY_DAYS - max(WINDOW_DAYS) - RETENTION_MARGIN_DAYS
-            )
+            bucket = buckets[day] = [0, 0, None]
+            _forget_days_before(buckets, day - MERCHANT_RETENTION_DAYS)
         bucket[0] += 1
         return vector
 
-    def record_label(self, merchant_id: str, timestamp_micros: int, is_fraud: int) -> None:
-        """Count a transaction's fraud label (from chargebacks) towards its merchant's risk."""
-        if is_fraud:
-            buckets = self._merchants.setdefault(merchant_id, {})
-            buckets.setdefault(timestamp_micros // MICROS_PER_DAY, [0, 0])[1] += 1
+    def record_label(
+        self, merchant_id: str, timestamp_micros: int, is_fraud: int, transaction_id: str
+    ) -> bool:
+        """Apply a transaction's label (from chargebacks) to its merchant's risk; idempotent.
+
+        ``is_fraud=1`` counts ``transaction_id`` as a fraud of its merchant's day, at most once
+        however often it is recorded; ``is_fraud=0`` takes it back out if it was counted (a
+        reversed chargeback) and is otherwise a no-op (the transaction itself was counted when
+        it was processed). A label for a day older than the state keeps
+        (:data:`MERCHANT_RETENTION_DAYS` before its latest transaction) is ignored: no
+        admissible transaction could see it. Returns whether the state changed.
+        """
+        if self.is_too_old_for_labels(timestamp_micros):
+            return False
+        day = timestamp_micros // MICROS_PER_DAY
+        buckets = self._merchants.get(merchant_id)
+        if not is_fraud:
+            bucket = buckets.get(day) if buckets is not None else None
+            if bucket is None or not bucket[2] or transaction_id not in bucket[2]:
+                return False
+            bucket[2].discard(transaction_id)
+            bucket[1] -= 1
+            return True
+        if buckets is None:
+            buckets = self._merchants[merchant_id] = {}
+        bucket = buckets.get(day)
+        if bucket is None:
+            bucket = buckets[day] = [0, 0, None]
+        ids = bucket[2]
+        if ids is None:
+            ids = bucket[2] = set()
+        elif transaction_id in ids:
+            return False
+        ids.add(transaction_id)
+        bucket[1] += 1
+        return True
+
+    def is_too_old_for_labels(self, timestamp_micros: int) -> bool:
+        """Whether a label for a transaction at this time would be ignored as too old."""
+        latest = self.last_timestamp_micros
+        return latest is not None and (
+            timestamp_micros // MICROS_PER_DAY < latest // MICROS_PER_DAY - MERCHANT_RETENTION_DAYS
+        )
 
     def forget_idle(self, oldest_micros: int, limit: int = 100) -> int:
         """Forget up to ``limit`` cards and merchants no transaction from ``oldest_micros`` on
@@ -374,12 +421,7 @@ class OnlineFeatureState:
                 break
             del cards[card_id]
             forgotten += 1
-        day_cutoff = (
-            oldest_micros // MICROS_PER_DAY
-            - LABEL_DELAY_DAYS
-            - max(WINDOW_DAYS)
-            - RETENTION_MARGIN_DAYS
-        )
+        day_cutoff = oldest_micros // MICROS_PER_DAY - MERCHANT_RETENTION_DAYS
         merchants = self._merchants
         while forgotten < limit and merchants:
             merchant, buckets = next(iter(merchants.items()))
@@ -394,21 +436,27 @@ class OnlineFeatureState:
 
         A model switch must not blind the velocity features: the live per-card histories stay.
         From the snapshot come the cards this state has never seen, and, per merchant and day,
-        the larger of the two counts of transactions and of frauds (the snapshot carries the
-        labels known at its training; this state, those recorded since it was loaded).
+        the larger of the two transaction counts and the union of the fraudulent transaction ids
+        (the snapshot carries the labels known at its training; this state, those recorded
+        since it was loaded; a fraud known to both counts once).
         """
         for card_id, history in snapshot._cards.items():
             if card_id not in self._cards:
                 self._cards[card_id] = history.copy()
         for merchant, buckets in snapshot._merchants.items():
             live = self._merchants.setdefault(merchant, {})
-            for day, (transactions, frauds) in buckets.items():
+            for day, (transactions, _, ids) in buckets.items():
                 bucket = live.get(day)
                 if bucket is None:
-                    live[day] = [transactions, frauds]
-                else:
-                    bucket[0] = max(bucket[0], transactions)
-                    bucket[1] = max(bucket[1], frauds)
+                    live[day] = [transactions, len(ids or ()), set(ids) if ids else None]
+                    continue
+                bucket[0] = max(bucket[0], transactions)
+                if ids:
+                    if bucket[2]:
+                        bucket[2] |= ids
+                    else:
+                        bucket[2] = set(ids)
+                    bucket[1] = len(bucket[2])
         if snapshot.last_timestamp_micros is not None and (
             self.last_timestamp_micros is None
             or snapshot.last_timestamp_micros > self.last_timestamp_micros
@@ -465,7 +513,8 @@ class OnlineFeatureState:
         """Process every transaction of ``frame`` in time order; return features in frame order.
 
         When the frame carries ``is_fraud``, each label is recorded right after its transaction
-        (it only becomes visible to transactions :data:`LABEL_DELAY_DAYS` later).
+        (it only becomes visible to transactions :data:`LABEL_DELAY_DAYS` later), under the
+        frame's ``transaction_id`` (the row's position when the frame has none).
         """
         times = timestamps_to_micros(frame[TIMESTAMP])
         order = np.argsort(times, kind="stable")
@@ -474,12 +523,18 @@ class OnlineFeatureState:
         amounts = frame[AMOUNT].to_numpy(dtype=np.float64)[order].tolist()
         stamps = times[order].tolist()
         labels = frame[LABEL].to_numpy()[order].tolist() if LABEL in frame else [0] * len(stamps)
+        ids = (
+            frame[TRANSACTION_ID].astype(str).to_numpy()[order].tolist()
+            if TRANSACTION_ID in frame
+            else [f"row-{position}" for position in order.tolist()]
+        )
         rows = []
-        for card, merchant, amount, stamp, label in zip(
-            cards, merchants, amounts, stamps, labels, strict=True
+        for card, merchant, amount, stamp, label, transaction_id in zip(
+            cards, merchants, amounts, stamps, labels, ids, strict=True
         ):
             rows.append(self.process(card, merchant, amount, stamp))
-            self.record_label(merchant, stamp, label)
+            if label:
+                self.record_label(merchant, stamp, label, transaction_id)
         out = np.empty((len(frame), len(FEATURE_NAMES)))
         if rows:
             out[order] = np.asarray(rows)
@@ -512,16 +567,39 @@ class OnlineFeatureState:
             "last_timestamp_micros": self.last_timestamp_micros,
             "cards": cards,
             "merchants": {
-                merchant: [[day, *counts] for day, counts in sorted(buckets.items())]
+                merchant: [
+                    [day, transactions, sorted(ids) if ids else []]
+                    for day, (transactions, _, ids) in sorted(buckets.items())
+                ]
                 for merchant, buckets in self._merchants.items()
             },
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> OnlineFeatureState:
-        """Restore a snapshot made by :meth:`to_dict`; refuses other formats or feature sets."""
-        if data.get("format") != STATE_FORMAT_VERSION:
-            raise ValueError(f"feature state format {data.get('format')!r} is not supported")
+    def from_dict(
+        cls, data: Mapping[str, object], drop_legacy_labels: bool = False
+    ) -> OnlineFeatureState:
+        """Restore a snapshot made by :meth:`to_dict`; refuses other formats or feature sets.
+
+        A format 1 state (fraud counts without transaction ids, so labels could not be applied
+        idempotently to it) is refused with a message saying so, unless ``drop_legacy_labels``:
+        then its cards and transaction counts are kept and its fraud counts dropped. That suits
+        a checkpoint, whose frauds came only from bundle snapshots: adopting the current
+        bundle's snapshot and re-reading the labels topic restores them, each counted once.
+        """
+        version = data.get("format")
+        legacy = version == _LEGACY_FORMAT_VERSION
+        if legacy and not drop_legacy_labels:
+            raise ValueError(
+                f"feature state format {_LEGACY_FORMAT_VERSION} counts merchant frauds without "
+                f"their transaction ids; this release needs format {STATE_FORMAT_VERSION} "
+                "(rebuild the bundle with this release: retrain or re-export it)"
+            )
+        if version != STATE_FORMAT_VERSION and not legacy:
+            raise ValueError(
+                f"feature state format {version!r} is not supported "
+                f"(this release reads format {STATE_FORMAT_VERSION})"
+            )
         if list(data.get("features", [])) != list(FEATURE_NAMES):  # type: ignore[call-overload]
             raise ValueError("feature state was made for a different feature set")
         if data.get("label_delay_days") != LABEL_DELAY_DAYS:
@@ -536,7 +614,12 @@ class OnlineFeatureState:
             state._cards[card_id] = history
         merchants: Mapping[str, list] = data["merchants"]  # type: ignore[assignment]
         for merchant, rows in merchants.items():
-            state._merchants[merchant] = {day: [tx, fraud] for day, tx, fraud in rows}
+            if legacy:
+                state._merchants[merchant] = {day: [tx, 0, None] for day, tx, _ in rows}
+            else:
+                state._merchants[merchant] = {
+                    day: [tx, len(ids), set(ids) if ids else None] for day, tx, ids in rows
+                }
         return state
 
     def save(self, path: str | Path) -> Path:
@@ -561,7 +644,7 @@ class OnlineFeatureState:
             return cls.from_dict(json.loads(archive.read()))
 
 
-def _merchant_window_features(buckets: dict[int, list[int]], day: int) -> list[float]:
+def _merchant_window_features(buckets: dict[int, list], day: int) -> list[float]:
     """Counts and fraud shares over the windows that end LABEL_DELAY_DAYS before ``day``."""
     vector: list[float] = []
     transactions = frauds = 0
@@ -578,6 +661,6 @@ def _merchant_window_features(buckets: dict[int, list[int]], day: int) -> list[f
     return vector
 
 
-def _forget_days_before(buckets: dict[int, list[int]], oldest_day: int) -> None:
+def _forget_days_before(buckets: dict[int, list], oldest_day: int) -> None:
     for stale in [day for day in buckets if day < oldest_day]:
         del buckets[stale]

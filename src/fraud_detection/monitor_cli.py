@@ -1,17 +1,23 @@
-"""``fraud monitor`` (also ``python -m fraud_detection.monitoring``): the feature-drift monitor.
+"""``fraud monitor`` (also ``python -m fraud_detection.monitoring``): the feature-drift monitor and
+the performance monitor.
 
 Parses and checks the options, then runs :class:`fraud_detection.monitoring.consumer.
-DriftMonitor` until Ctrl-C or SIGTERM. Nothing heavy is imported until the command runs;
-alibi-detect (about 10 s) is imported in the background once the monitor starts. Exit statuses:
+DriftMonitor` and, in a thread of its own (unless ``--no-performance``),
+:class:`fraud_detection.monitoring.performance_consumer.PerformanceMonitor` until Ctrl-C or
+SIGTERM; both write to the same sinks (one at a time) and share ``/metrics``. Nothing heavy is
+imported until the command runs; alibi-detect (about 10 s) is imported in the background once
+the monitor starts. Exit statuses:
 
 * 0 (:data:`EXIT_OK`): stopped by Ctrl-C or SIGTERM (what is safe was committed);
-* 1 (:data:`EXIT_FAILED`): the broker could not be reached, or results could not be written
-  (nothing more was committed: a restart writes them);
+* 1 (:data:`EXIT_FAILED`): the broker could not be reached, results could not be written
+  (nothing more was committed: a restart writes them), or the performance state is unusable;
+  either monitor failing stops both;
 * 2 (:data:`EXIT_USAGE`): invalid options; nothing started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +33,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from fraud_detection.monitoring.consumer import MonitorConfig
+    from fraud_detection.monitoring.performance_consumer import PerformanceMonitorConfig
 
 console = Console(stderr=True)
 
@@ -43,6 +50,12 @@ MONITOR_EPILOG = (
     "records in a window are compared with that version's drift reference (the bundle's "
     "drift_reference.npz) by feature-wise KS tests, Bonferroni-corrected at --p-val; the score is "
     "tested too when the reference holds scores. "
+    "Performance (on by default): labels from --labels-topic are joined with the mirrored scores "
+    "by transaction_id; recall, precision and F1 at the served threshold are reported per model "
+    "version and --performance-window of transaction time once --min-coverage of its "
+    "transactions are labelled, again when the coverage rose by --update-step, and finally at "
+    "--label-horizon-days; each against the bundle's training metrics minus --tolerance. "
+    "The join and the offsets are kept in --state-dir. "
     "Exit status: 0 stopped by Ctrl-C or SIGTERM; 1 the broker could not be reached or results "
     "could not be written; 2 invalid options."
 )
@@ -144,9 +157,51 @@ def monitor(
         int, typer.Option(help="Port of /metrics (Prometheus); 0 for none.")
     ] = DEFAULT_METRICS_PORT,
     metrics_host: Annotated[str, typer.Option(help="Address /metrics listens on.")] = "127.0.0.1",
+    performance: Annotated[
+        bool,
+        typer.Option(
+            "--performance/--no-performance",
+            help="Also join labels with the scores and report recall, precision and F1.",
+        ),
+    ] = True,
+    labels_topic: Annotated[
+        str | None,
+        typer.Option(
+            help="The labels topic [default: $FRAUD_KAFKA_TOPIC_LABELS, else fraud-labels]."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of the performance monitor's state (join, windows, offsets) "
+            "[default: the results file's directory]."
+        ),
+    ] = None,
+    performance_window: Annotated[
+        int, typer.Option(help="Performance window, in seconds of transaction time (UTC-aligned).")
+    ] = 86_400,
+    min_coverage: Annotated[
+        float,
+        typer.Option(help="Share of a window's transactions labelled for it to be complete."),
+    ] = 0.9,
+    update_step: Annotated[
+        float, typer.Option(help="Coverage gain that makes a reported window be reported again.")
+    ] = 0.05,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="How far below the bundle's recall or F1 a complete window may fall "
+            "[default: the deployment gate's tolerance]."
+        ),
+    ] = None,
+    label_horizon_days: Annotated[
+        float,
+        typer.Option(help="How long (transaction time) a window waits for its labels."),
+    ] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", help="Log every skipped record.")] = False,
 ) -> None:
-    """Watch the mirrored scoring records for feature drift, one result per window.
+    """Watch the mirrored scoring records for feature drift, one result per window, and the
+    model's recall, precision and F1 on the labelled outcomes.
 
     Results go to a topic, a JSON-lines file and Prometheus metrics. Stops on Ctrl-C or SIGTERM.
     """
@@ -188,6 +243,19 @@ def monitor(
     if len(excluded) == len(FEATURE_NAMES):
         raise _usage("--exclude: every feature is excluded; nothing would be tested")
 
+    if performance_window < 1:
+        raise _usage(f"--performance-window: must be >= 1 second, got {performance_window}")
+    if not 0.0 < min_coverage <= 1.0:
+        raise _usage(f"--min-coverage: must be in (0, 1], got {min_coverage:g}")
+    if not 0.0 < update_step <= 1.0:
+        raise _usage(f"--update-step: must be in (0, 1], got {update_step:g}")
+    if tolerance is not None and not 0.0 <= tolerance < float("inf"):
+        raise _usage(f"--tolerance: must be a number >= 0, got {tolerance:g}")
+    if not 0.0 < label_horizon_days < float("inf"):
+        raise _usage(f"--label-horizon-days: must be a positive number, got {label_horizon_days:g}")
+    if not performance and labels_topic is not None:
+        raise _usage("--labels-topic and --no-performance exclude each other")
+
     if kafka is None:
         from fraud_detection.serve_cli import existing_bootstrap
 
@@ -209,7 +277,34 @@ def monitor(
         metrics_port=metrics_port or None,
         metrics_host=metrics_host,
     )
-    raise typer.Exit(run(config, registry=registry, bundles=bundles, verbose=verbose))
+    performance_config = None
+    if performance:
+        from fraud_detection.monitoring.performance import DEFAULT_TOLERANCE, PerformanceConfig
+        from fraud_detection.monitoring.performance_consumer import PerformanceMonitorConfig
+
+        results_dir = (config.results_file or default_results_file()).parent
+        performance_config = PerformanceMonitorConfig(
+            bootstrap=config.bootstrap,
+            mirror_topic=config.topic,
+            labels_topic=labels_topic or Topics.from_env().labels,
+            state_dir=state_dir or results_dir,
+            performance=PerformanceConfig(
+                window_s=performance_window,
+                min_coverage=min_coverage,
+                update_step=update_step,
+                tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                horizon_s=label_horizon_days * 86_400.0,
+            ),
+        )
+    raise typer.Exit(
+        run(
+            config,
+            registry=registry,
+            bundles=bundles,
+            verbose=verbose,
+            performance=performance_config,
+        )
+    )
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -232,31 +327,68 @@ def run(
     registry: Path | None = None,
     bundles: str | None = None,
     verbose: bool = False,
+    performance: PerformanceMonitorConfig | None = None,
 ) -> int:
-    """Run the monitor of ``config`` until SIGINT or SIGTERM; return the exit status.
+    """Run the monitors of ``config`` (and ``performance``, when given) until SIGINT or SIGTERM;
+    return the exit status.
 
     Bundles are found with ``bundles`` (a path template with ``{version}``) if given, else in
-    the registry at ``registry`` (default ``$FRAUD_REGISTRY`` or ``./registry``).
+    the registry at ``registry`` (default ``$FRAUD_REGISTRY`` or ``./registry``). The drift
+    monitor runs in this thread, the performance monitor in another; either failing stops both.
     """
     import kafka.errors
 
     from fraud_detection.monitoring.consumer import DriftMonitor, open_sinks
+    from fraud_detection.monitoring.metrics import MonitorMetrics, PerformanceMetrics
+    from fraud_detection.monitoring.performance import BundleBaselines
+    from fraud_detection.monitoring.performance_consumer import PerformanceMonitor, StateError
     from fraud_detection.monitoring.reference import (
         BundleLocator,
         ReferenceCache,
         RegistryLocator,
         TemplateLocator,
     )
-    from fraud_detection.monitoring.sinks import SinkError
+    from fraud_detection.monitoring.sinks import LockedSink, ResultSink, SinkError
 
     _configure_logging(verbose)
     locator: BundleLocator = TemplateLocator(bundles) if bundles else RegistryLocator(registry)
     stop = threading.Event()
     handlers = {signum: lambda *_: stop.set() for signum in (signal.SIGINT, signal.SIGTERM)}
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    failures: list[BaseException] = []
+    sinks: list[ResultSink] = []
+    worker: threading.Thread | None = None
+
+    def run_performance(monitor: PerformanceMonitor) -> None:
+        try:
+            monitor.run(stop)
+        except BaseException as exc:
+            failures.append(exc)
+            logging.getLogger(__name__).error("performance monitor failed: %s", exc)
+        finally:
+            stop.set()
+
     try:
         sinks = open_sinks(config)
-        monitor = DriftMonitor(config, ReferenceCache(locator), sinks)
+        metrics = MonitorMetrics()
+        shared: list[ResultSink] = list(sinks)
+        if performance is not None:
+            lock = threading.Lock()
+            shared = [LockedSink(sink, lock) for sink in sinks]
+            worker = threading.Thread(
+                target=run_performance,
+                args=(
+                    PerformanceMonitor(
+                        performance,
+                        BundleBaselines(locator),
+                        shared,
+                        PerformanceMetrics(metrics.registry),
+                    ),
+                ),
+                name="performance-monitor",
+                daemon=True,
+            )
+        monitor = DriftMonitor(config, ReferenceCache(locator), shared, metrics)
         where = [f"results file {config.results_file}"] if config.results_file else []
         if config.results_topic:
             where.append(f"topic {config.results_topic}")
@@ -269,18 +401,38 @@ def run(
             markup=False,
             highlight=False,
         )
+        if performance is not None and worker is not None:
+            console.print(
+                f"performance monitor: labels {performance.labels_topic} joined with "
+                f"{performance.mirror_topic}; state in {performance.state_file}",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+            worker.start()
         monitor.run(stop)
-    except (kafka.errors.KafkaError, SinkError, OSError) as exc:
+    except (kafka.errors.KafkaError, SinkError, StateError, OSError) as exc:
+        failures.insert(0, exc)
+    finally:
+        stop.set()
+        if worker is not None and worker.is_alive():
+            worker.join()
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failures:
+        exc = failures[0]
+        if not isinstance(exc, kafka.errors.KafkaError | SinkError | StateError | OSError):
+            raise exc
         console.print(
             f"[bold red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
             f"(Kafka at {escape(config.bootstrap)})",
             soft_wrap=True,
         )
         return EXIT_FAILED
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    console.print("drift monitor stopped", highlight=False)
+    console.print("monitor stopped", highlight=False)
     return EXIT_OK
 
 

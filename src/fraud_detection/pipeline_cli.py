@@ -6,6 +6,10 @@ and ``schedule`` target a Kubeflow Pipelines cluster. ``model list`` and ``model
 manage the local model registry. Commands parse arguments and call the library; kfp and the
 training code are imported only when a command runs.
 
+Every run records why it was started: ``--reason`` (the ``trigger_reason`` parameter, default
+``manual``; a schedule's runs say ``schedule``) goes into the bundle's manifest, the run's
+name (``submit``) or directory and summary (``run``).
+
 Every pipeline argument is checked
 (:func:`~fraud_detection.pipeline.parameters.check_parameters`) before a step runs or anything is
 sent to a cluster. The exit statuses are the ``EXIT_*`` constants below; :data:`RUN_EXIT_CODES`
@@ -162,8 +166,10 @@ def _quiet_logs() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _default_output_dir() -> Path:
-    return Path("runs") / datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+def _default_output_dir(reason: str) -> Path:
+    from fraud_detection.pipeline.local import run_directory_name
+
+    return Path("runs") / run_directory_name(reason, datetime.now(UTC))
 
 
 #: The ``run`` options that set a pipeline parameter, by parameter (for error messages).
@@ -182,7 +188,17 @@ RUN_OPTIONS: dict[str, str] = {
     "kafka_topic": "--kafka-topic",
     "kafka_bootstrap": "--kafka-bootstrap",
     "kafka_max_records": "--kafka-max-records",
+    "trigger_reason": "--reason",
 }
+ReasonOption = Annotated[
+    str,
+    typer.Option(
+        "--reason",
+        metavar="TEXT",
+        help="Why the model is trained, recorded in its manifest and the run's name (up to 200 "
+        "characters, no control characters).",
+    ),
+]
 
 
 @pipeline_app.command("run", epilog=exit_status_help(RUN_EXIT_CODES))
@@ -222,7 +238,8 @@ def run(
     test_start: Annotated[str | None, typer.Option(help="Temporal split: first test day.")] = None,
     test_end: Annotated[str | None, typer.Option(help="Temporal split: last test day.")] = None,
     kafka_topic: Annotated[
-        str | None, typer.Option(help="Ingest from this Kafka topic instead of files.")
+        str | None,
+        typer.Option(help="Ingest from this Kafka topic (as well as the --data files, if any)."),
     ] = None,
     kafka_bootstrap: Annotated[
         str | None, typer.Option(help="Kafka bootstrap servers (default $FRAUD_KAFKA_BOOTSTRAP).")
@@ -235,6 +252,7 @@ def run(
     ] = 200_000,
     cards: Annotated[int, typer.Option(min=1, help="Without --data: cards to generate.")] = 4_000,
     days: Annotated[int, typer.Option(min=1, help="Without --data: days to generate.")] = 60,
+    reason: ReasonOption = "manual",
     param: ParamOption = None,
 ) -> None:
     """Run the whole pipeline locally with kfp.local and write metrics.json and report.html.
@@ -242,10 +260,16 @@ def run(
     Every argument is checked before the first step runs (or data are generated).
     """
     from fraud_detection.pipeline.local import PipelineRunError, run_local, write_run_summary
-    from fraud_detection.pipeline.parameters import ParameterError, check_parameters
+    from fraud_detection.pipeline.parameters import (
+        ParameterError,
+        check_parameters,
+        check_trigger_reason,
+    )
 
-    output_dir = (output_dir or _default_output_dir()).resolve()
+    params = _parameters(param)
+    named_reason = str(params.get("trigger_reason", reason))
     arguments: dict[str, Any] = {
+        "trigger_reason": reason,
         "seed": seed,
         "split": split,
         "min_recall": min_recall,
@@ -262,21 +286,25 @@ def run(
     }
     arguments.update({name: value for name, value in bounds.items() if value is not None})
     generated = None
+    labels = {name: label for name, label in RUN_OPTIONS.items() if name not in params}
+    try:  # before the reason names the run's directory
+        check_trigger_reason(named_reason)
+    except ParameterError as exc:
+        raise _invalid(exc, labels) from exc
+    output_dir = (output_dir or _default_output_dir(named_reason)).resolve()
     if kafka_topic:
         arguments.update(
             kafka_topic=kafka_topic,
             kafka_bootstrap=kafka_bootstrap or "",
             kafka_max_records=kafka_max_records,
         )
-    elif data:
+    if data:
         # Absolute, so the components find them whatever their working directory.
         arguments["data"] = [os.path.abspath(os.path.expanduser(path)) for path in data]
-    else:
+    elif not kafka_topic:
         generated = output_dir / "data" / "transactions.parquet"
         arguments["data"] = [str(generated)]
-    params = _parameters(param)
     arguments.update(params)
-    labels = {name: label for name, label in RUN_OPTIONS.items() if name not in params}
     try:
         check_parameters(arguments)
     except ParameterError as exc:
@@ -284,7 +312,9 @@ def run(
     if generated is not None:
         _generate(generated, transactions, cards, days, seed)
 
-    console.print(f"running the pipeline locally; outputs in {output_dir}")
+    console.print(
+        f"running the pipeline locally (reason: {escape(named_reason)}); outputs in {output_dir}"
+    )
     try:
         result = run_local(arguments, output_dir, console=err_console)
     except PipelineRunError as exc:
@@ -327,6 +357,19 @@ def _print_summary(result: Any, metrics_path: Path) -> None:
         table.add_row(name, f"{metrics[name]:.4f}")
     table.add_row("threshold", f"{metrics['threshold']:g}")
     console.print(table)
+    manifest = result.manifest
+    console.print(f"reason:  {escape(str(manifest.get('trigger_reason', '')))}")
+    console.print(f"data:    {manifest.get('data_start', '')} to {manifest.get('data_end', '')}")
+    reference = manifest.get("drift_reference") or {}
+    if reference:
+        console.print(
+            f"drift reference: {reference.get('rows', 0):,} held-out rows over "
+            f"{reference.get('days', 0)} days ({reference.get('first', '')[:10]} to "
+            f"{reference.get('last', '')[:10]}), first {reference.get('warm_up_days_skipped', 0)} "
+            "days of the data skipped"
+        )
+        for warning in reference.get("warnings", []):
+            err_console.print(f"[yellow]warning:[/] drift reference: {escape(warning)}")
     verdict = "[green]passed[/]" if result.gate_passed else "[red]refused[/]"
     console.print(f"gate: {verdict}")
     for reason in result.decision.get("reasons", []):
@@ -365,10 +408,14 @@ def submit(
     param: ParamOption = None,
     package: PackageOption = None,
     experiment: Annotated[str, typer.Option(help="Experiment name.")] = "fraud-detection",
-    run_name: Annotated[str | None, typer.Option(help="Run name shown in the UI.")] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option(help="Run name shown in the UI (default: 'fraud-training <reason> <time>')."),
+    ] = None,
     image: ImageOption = None,
     namespace: NamespaceOption = None,
     token: TokenOption = None,
+    reason: ReasonOption = "manual",
 ) -> None:
     """Start one run of the pipeline on a Kubeflow Pipelines cluster.
 
@@ -378,6 +425,8 @@ def submit(
     from fraud_detection.pipeline.parameters import ParameterError
 
     arguments = _parameters(param)
+    labels = {} if "trigger_reason" in arguments else {"trigger_reason": "--reason"}
+    arguments.setdefault("trigger_reason", reason)
     try:
         with _quiet_logs():
             result = client.submit(
@@ -391,7 +440,7 @@ def submit(
                 token=token,
             )
     except ParameterError as exc:
-        raise _invalid(exc, {}) from exc
+        raise _invalid(exc, labels) from exc
     except FileNotFoundError as exc:
         raise _fail(str(exc), EXIT_INVALID_ARGUMENTS) from exc
     except client.ClusterError as exc:
@@ -415,7 +464,8 @@ def schedule(
 ) -> None:
     """Create a recurring run (one at a time, no catch-up) on a Kubeflow Pipelines cluster.
 
-    The cron and the arguments are checked before anything is sent.
+    Its runs' reason is "schedule". The cron and the arguments are checked before anything is
+    sent.
     """
     from fraud_detection.pipeline import client
     from fraud_detection.pipeline.parameters import ParameterError

@@ -90,6 +90,16 @@ def serve(
     ] = False,
     mirror: Annotated[bool, typer.Option(help="Mirror scored transactions to Kafka.")] = True,
     topic: Annotated[str | None, typer.Option(help="Mirror topic.")] = None,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            help="Keep merchant risk current from the labels topic (needs Kafka, as the mirror)."
+        ),
+    ] = True,
+    labels_topic: Annotated[
+        str | None,
+        typer.Option(help="Labels topic (default $FRAUD_KAFKA_TOPIC_LABELS or fraud-labels)."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     log_dir: Annotated[
         Path | None,
@@ -182,12 +192,23 @@ def serve(
         checkpoint_interval_s=checkpoint_interval,
         max_restarts=max_restarts,
         restart_window_s=restart_window,
+        transformer_args=labels_arguments(labels and mirror, labels_topic),
     )
     _log_supervision(log_format.value)
     source = model_dir if model_dir is not None else f"registry {registry} (current, followed)"
     code = run_stack(ServingStack(config), str(source))
     if code != EXIT_OK:
         raise typer.Exit(code)
+
+
+def labels_arguments(labels: bool, labels_topic: str | None) -> list[str]:
+    """The transformer's labels options for ``fraud serve --labels/--no-labels``.
+
+    The labels consumer reads from the Kafka the mirror uses, so ``--no-mirror`` turns it off too.
+    """
+    if not labels:
+        return ["--no-labels"]
+    return ["--labels", *(["--labels_topic", labels_topic] if labels_topic else [])]
 
 
 def _registry_or_exit(model_dir: Path | None, registry: Path | None) -> Path | None:

@@ -56,6 +56,7 @@ def test_two_data_files_are_both_ingested_and_the_deployed_model_exits_0(
     code, output, metrics = run_command(out, registry, "--data", str(first), "--data", str(second))
     assert code == EXIT_OK, output
     assert metrics["gate_passed"] and metrics["deployed"]
+    assert metrics["trigger_reason"] == "manual"  # no --reason: the default
     assert ModelRegistry(registry).current_version() == metrics["model_version"]
     (raw,) = (out / "kfp").glob("*/ingest/raw")
     ingested = pd.read_parquet(raw)

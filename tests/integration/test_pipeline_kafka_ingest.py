@@ -42,10 +42,16 @@ def broker(frame: pd.DataFrame) -> Iterator[LocalBroker]:
         yield running
 
 
-def ingest(broker: LocalBroker, tmp_path: Path, topic: str = TOPIC, limit: int = 0) -> Dataset:
+def ingest(
+    broker: LocalBroker,
+    tmp_path: Path,
+    topic: str = TOPIC,
+    limit: int = 0,
+    files: list[str] | None = None,
+) -> Dataset:
     raw = Dataset(name="raw", uri=str(tmp_path / "raw"))
     build_components()["ingest"].python_func(
-        data=[],
+        data=files or [],
         kafka_bootstrap=broker.bootstrap_servers,
         kafka_topic=topic,
         kafka_max_records=limit,
@@ -81,3 +87,29 @@ def test_a_record_limit_bounds_the_read(broker: LocalBroker, tmp_path: Path) -> 
 def test_an_unknown_topic_is_named(broker: LocalBroker, tmp_path: Path) -> None:
     with pytest.raises(IngestError, match=r"kafka:no-such-topic.*does not exist"):
         ingest(broker, tmp_path, topic="no-such-topic")
+
+
+def test_files_and_a_topic_together_are_one_input(
+    broker: LocalBroker, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The history in a file and the recently labelled transactions in a topic: one frame."""
+    history = GeneratorConfig(n_transactions=300, n_cards=30, days=5, fraud_rate=0.05, seed=5)
+    older = generate_transactions(history)
+    older[TRANSACTION_ID] = "old-" + older[TRANSACTION_ID].astype(str)
+    path = tmp_path / "history.parquet"
+    older.to_parquet(path)
+    raw = ingest(broker, tmp_path, files=[str(path)])
+    got = pd.read_parquet(raw.path)
+    assert list(got[TRANSACTION_ID]) == [*older[TRANSACTION_ID], *frame[TRANSACTION_ID]]
+    assert raw.metadata["source"] == f"{path} + kafka:{TOPIC}@{broker.bootstrap_servers}"
+    validated = Dataset(name="validated", uri=str(tmp_path / "validated"))
+    build_components()["validate"].python_func(
+        raw=raw,
+        max_invalid_fraction=0.0,
+        validated=validated,
+        report=Markdown(name="r", uri=str(tmp_path / "report")),
+    )
+    typed = pd.read_parquet(validated.path)
+    assert len(typed) == len(older) + len(frame)
+    expected = pd.concat([older[TIMESTAMP], frame[TIMESTAMP]], ignore_index=True)
+    assert (typed[TIMESTAMP].reset_index(drop=True) == expected).all()

@@ -1,9 +1,10 @@
 """The whole pipeline through ``kfp.local`` (SubprocessRunner): gate, reproducibility, bad input.
 
 Three real runs share one registry, in order: a good model (through the ``fraud pipeline run``
-command), the same data and seed again (compared with the first, now deployed), and a model
-trained on shuffled labels, which the gate must refuse. Bad inputs must fail the run in ingest or
-validate, with a message naming the problem.
+command, with a ``--reason`` that the manifest and the summary record), the same data and seed
+again (compared with the first, now deployed), and a model trained on shuffled labels, which the
+gate must refuse. Bad inputs must fail the run in ingest or validate, with a message naming the
+problem.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from fraud_detection.data.generator import GeneratorConfig, generate_transaction
 from fraud_detection.pipeline.components import STEPS
 from fraud_detection.pipeline.local import PipelineRunError, run_local, run_summary
 from fraud_detection.registry import ModelRegistry
-from fraud_detection.schema import AMOUNT, LABEL
+from fraud_detection.schema import AMOUNT, LABEL, TIMESTAMP
 
 pytestmark = pytest.mark.integration
 
 #: Small, fast settings; the data has 1 % fraud so a 30-tree forest learns it clearly.
 FAST = {"n_estimators": 30, "seed": 42}
+#: Why the first model is trained (``--reason``).
+REASON = "drift: 3 of the last 5 windows"
 METRICS = ("recall", "precision", "f1", "pr_auc", "roc_auc", "card_precision_at_100")
 
 
@@ -73,6 +76,8 @@ def first(workdir: Path, data: Path, registry: Path) -> dict[str, Any]:
             "42",
             "--param",
             "n_estimators=30",
+            "--reason",
+            REASON,
         ],
     )
     assert result.exit_code == 0, result.output
@@ -113,6 +118,26 @@ def test_a_good_model_is_deployed(first: dict[str, Any]) -> None:
     assert metrics["recall"] >= 0.75 and metrics["f1"] >= 0.05
     verify_bundle(metrics["bundle"])
     assert "gate: passed" in first["output"]
+
+
+def test_the_reason_and_the_data_span_are_recorded(
+    first: dict[str, Any], frame: pd.DataFrame
+) -> None:
+    metrics = first["metrics"]
+    manifest = verify_bundle(metrics["bundle"])
+    assert manifest.trigger_reason == metrics["trigger_reason"] == REASON
+    assert f"reason:  {REASON}" in first["output"]
+    stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    assert manifest.data_start == metrics["data_start"] == stamps.min().isoformat()
+    assert manifest.data_end == metrics["data_end"] == stamps.max().isoformat()
+    # 30 days of data, all inside the features' 37-day warm-up: the reference is still written,
+    # with a warning in the export step's log, the manifest and the summary.
+    reference = metrics["drift_reference"]
+    assert reference["warm_up_days_skipped"] == 0 and reference["rows"] == 5000
+    assert "no held-out row after the first 37 days" in reference["warnings"][0]
+    assert "warning: drift reference: no held-out row" in " ".join(first["output"].split())
+    log = (first["out"] / "pipeline.log").read_text()
+    assert "drift reference: no held-out row after the first 37 days" in log
 
 
 def test_metrics_json_and_the_report_are_written(first: dict[str, Any]) -> None:

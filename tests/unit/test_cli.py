@@ -142,7 +142,6 @@ def test_the_exit_statuses_are_distinct_and_in_the_commands_help() -> None:
         (["--param", "seed=forty"], "--param seed: 'forty' is not a valid Integer"),
         (["--param", "seed"], "--param 'seed': expected KEY=VALUE"),
         (["--min-recall", "0.5", "--param", "min_recall=7"], "--param min_recall: must be"),
-        (["--kafka-topic", "transactions", "--param", "data=x.csv"], "not both"),
     ],
 )
 def test_a_bad_argument_fails_the_run_before_any_step(

@@ -40,6 +40,12 @@ def invoke(*args: str) -> tuple[int, str]:
         (["--bundles", "/models"], "--bundles: must contain {version}, got '/models'"),
         (["--bundles", "/m/{version}", "--registry", "r"], "--bundles and --registry exclude"),
         (["--no-results-topic", "--results-topic", "x"], "--results-topic and --no-results-topic"),
+        (["--min-coverage", "0"], "--min-coverage: must be in (0, 1], got 0"),
+        (["--update-step", "1.5"], "--update-step: must be in (0, 1], got 1.5"),
+        (["--tolerance", "-0.1"], "--tolerance: must be a number >= 0, got -0.1"),
+        (["--label-horizon-days", "0"], "--label-horizon-days: must be a positive number, got 0"),
+        (["--performance-window", "0"], "--performance-window: must be >= 1 second, got 0"),
+        (["--no-performance", "--labels-topic", "l"], "--labels-topic and --no-performance"),
     ],
 )
 def test_a_bad_option_is_refused_before_anything_starts(args: list[str], message: str) -> None:

@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ from fraud_detection.pipeline.client import (
     MONTHLY_CRON,
     ScheduleError,
     check_cron,
+    run_name_for,
     schedule,
     submit,
 )
 from fraud_detection.pipeline.dag import PIPELINE_NAME, pipeline_parameters
+from fraud_detection.pipeline.local import run_directory_name
 from fraud_detection.pipeline.parameters import (
     RANGES,
     ParameterError,
@@ -145,7 +148,8 @@ def test_schedule_sends_a_monthly_utc_cron_and_one_run_at_a_time(tmp_path: Path)
     assert call["no_catchup"] is True
     assert call["experiment_id"] == "exp-42"
     assert call["job_name"] == "fraud-training-monthly"
-    assert call["params"] == {**DATA, "min_recall": 0.8}
+    assert call["params"] == {**DATA, "min_recall": 0.8, "trigger_reason": "schedule"}
+    assert "reason 'schedule'" in call["description"]
     assert call["pipeline_package_path"] == str(package)
     assert call["enabled"] is True and call["enable_caching"] is False
 
@@ -194,7 +198,7 @@ def test_the_schedule_command_sends_what_it_says(fake: list[FakeKfpClient]) -> N
     (fake_client,) = fake
     call = fake_client.calls[-1][1]
     assert (call["cron_expression"], call["max_concurrency"]) == ("0 0 2 1 * *", 1)
-    assert call["params"] == {"max_depth": 12, "data": ["x"]}
+    assert call["params"] == {"max_depth": 12, "data": ["x"], "trigger_reason": "schedule"}
     assert "0 0 2 1 * *" in result.output
 
 
@@ -221,12 +225,19 @@ def test_the_submit_command_sends_the_run(fake: list[FakeKfpClient]) -> None:
             "data=x",
             "--namespace",
             "team-a",
+            "--reason",
+            "performance: recall 0.61 < 0.72",
         ],
         env={TOKEN_ENV: "from-the-environment"},
     )
     assert result.exit_code == EXIT_OK, result.output
     call = fake[0].calls[0][1]
-    assert call["arguments"] == {"split": "temporal", "data": ["x"]}
+    assert call["arguments"] == {
+        "split": "temporal",
+        "data": ["x"],
+        "trigger_reason": "performance: recall 0.61 < 0.72",
+    }
+    assert call["run_name"].startswith("fraud-training performance: recall 0.61 < 0.72 ")
     assert (fake[0].namespace, fake[0].token) == ("team-a", "from-the-environment")
     assert "submitted run run-1" in result.output
     assert "from-the-environment" not in result.output
@@ -292,7 +303,6 @@ def declared() -> dict[str, tuple[str, Any]]:
             "windows must satisfy train_start < train_end <= test_start < test_end",
         ),
         ({"train_start": "2018-04-01"}, None, "give all of train_start, train_end, test_start"),
-        ({"kafka_topic": "transactions"}, None, "give either data (files or globs) or kafka_topic"),
     ],
 )
 def test_a_bad_argument_is_named_with_the_reason(
@@ -310,6 +320,8 @@ def test_a_run_needs_an_input(declared: dict[str, Any]) -> None:
     with pytest.raises(ParameterError, match="no input"):
         check_parameters({"data": [" "]}, declared)
     assert check_parameters({"kafka_topic": "transactions"}, declared)["kafka_topic"]
+    both = check_parameters({**DATA, "kafka_topic": "transactions"}, declared)
+    assert both["kafka_topic"] == "transactions" and both["data"] == DATA["data"]
 
 
 def test_valid_arguments_come_back_with_every_default(declared: dict[str, Any]) -> None:
@@ -334,6 +346,76 @@ def test_the_ranges_are_of_declared_numbers_and_hold_their_defaults(
         kind, default = declared[name]
         assert kind in ("Integer", "Float"), name
         assert bounds.problem(default) is None, name
+
+
+# ------------------------------------------------------------------------ why a run is started
+@pytest.mark.parametrize(
+    ("reason", "problem"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("x" * 201, "must be at most 200 characters, got 201"),
+        ("drift\nnow", "must not hold control characters, got '\\n' at position 5"),
+        ("a\x1b[31mred", "must not hold control characters, got '\\x1b' at position 1"),
+        (7, "must be text, got 7"),
+    ],
+)
+def test_a_bad_trigger_reason_is_refused(
+    reason: Any, problem: str, declared: dict[str, Any]
+) -> None:
+    with pytest.raises(ParameterError) as raised:
+        check_parameters({**DATA, "trigger_reason": reason}, declared)
+    assert raised.value.name == "trigger_reason"
+    assert problem in raised.value.reason
+
+
+def test_a_trigger_reason_is_free_text_and_defaults_to_manual(declared: dict[str, Any]) -> None:
+    assert check_parameters(DATA, declared)["trigger_reason"] == "manual"
+    reason = "drift: 3 of the last 5 windows (amt_deviation, fraud_probability) é" + "x" * 133
+    assert len(reason) == 200
+    assert check_parameters({**DATA, "trigger_reason": reason}, declared)["trigger_reason"] == (
+        reason
+    )
+
+
+def test_submit_names_the_run_after_its_reason() -> None:
+    clients: list[FakeKfpClient] = []
+
+    def factory(host: str, **options: Any) -> FakeKfpClient:
+        clients.append(FakeKfpClient(host, **options))
+        return clients[-1]
+
+    submit(HOST, DATA, client_factory=factory, reason="drift: 3 of the last 5 windows")
+    call = clients[0].calls[0][1]
+    assert call["arguments"]["trigger_reason"] == "drift: 3 of the last 5 windows"
+    assert call["run_name"].startswith("fraud-training drift: 3 of the last 5 windows 20")
+    submit(HOST, DATA, client_factory=factory)
+    assert clients[1].calls[0][1]["run_name"].startswith("fraud-training manual ")
+    assert run_name_for("schedule", datetime(2026, 3, 1, 2, tzinfo=UTC)) == (
+        "fraud-training schedule 2026-03-01 02:00:00 UTC"
+    )
+    with pytest.raises(ParameterError, match="trigger_reason: given twice"):
+        submit(HOST, {**DATA, "trigger_reason": "a"}, client_factory=factory, reason="b")
+    assert len(clients) == 2
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_bad_reason_exits_2_naming_the_option(
+    command: str, fake: list[FakeKfpClient], tmp_path: Path
+) -> None:
+    where = ["--host", HOST] if command == "submit" else ["--output-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(
+        app, ["pipeline", command, *where, "--param", "data=x", "--reason", "two\nlines"]
+    )
+    assert result.exit_code == EXIT_INVALID_ARGUMENTS, result.output
+    assert "--reason: must not hold control characters" in result.output
+    result = CliRunner().invoke(
+        app, ["pipeline", command, *where, "--reason", "", "--param", "data=x"]
+    )
+    assert result.exit_code == EXIT_INVALID_ARGUMENTS, result.output
+    assert "--reason: must not be empty" in result.output
+    assert all(not client.calls for client in fake)
+    assert not (tmp_path / "run").exists()
 
 
 def test_submit_and_schedule_check_the_arguments_before_any_call() -> None:
@@ -453,3 +535,13 @@ def test_a_refusing_cluster_is_one_error_line_and_gets_the_token_and_namespace(
     path, headers = refusing_api.requests[0]
     assert headers["authorization"] == "Bearer tok-123"
     assert "namespace=team-a" in path
+
+
+def test_a_local_run_directory_is_named_after_its_reason() -> None:
+    now = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)
+    assert run_directory_name("manual", now) == "run-20260301-020005-manual"
+    assert run_directory_name("drift: 3 of the last 5 windows!", now) == (
+        "run-20260301-020005-drift-3-of-the-last-5-windows"
+    )
+    assert run_directory_name("../..", now) == "run-20260301-020005"
+    assert len(run_directory_name("x" * 200, now)) == len("run-20260301-020005-") + 40

@@ -1,13 +1,15 @@
 """Every component through ``.python_func`` with artifacts whose paths are in ``tmp_path``.
 
 One chain of real steps on small generated data (module-scoped: it is shared by the tests):
-ingest a CSV.gz file, validate, train, evaluate, gate, export, report and deploy into a
-temporary registry, plus the failures each early step must report.
+ingest a CSV.gz file, validate, train, evaluate, gate, export (with its drift reference and the
+manifest's reason and data span), report and deploy into a temporary registry, plus the failures
+each early step must report.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,14 @@ from fraud_detection.data.files import write_transactions
 from fraud_detection.data.generator import GeneratorConfig, generate_transactions
 from fraud_detection.data.validation import DataValidationError
 from fraud_detection.features import FEATURE_NAMES
+from fraud_detection.monitoring.reference import load_reference
 from fraud_detection.pipeline.components import build_components
 from fraud_detection.registry import ModelRegistry
-from fraud_detection.schema import AMOUNT, LABEL
+from fraud_detection.schema import AMOUNT, LABEL, TIMESTAMP, TRANSACTION_ID
+from fraud_detection.training.dataset import SPLIT_COLUMN, TEST
+from fraud_detection.training.export import WARM_UP_DAYS
 from fraud_detection.training.ingest import IngestError
-from fraud_detection.training.steps import InsufficientDataError
+from fraud_detection.training.steps import InsufficientDataError, export_step
 
 TRAIN_ARGS: dict[str, Any] = {
     "split": "stratified",
@@ -68,7 +73,8 @@ def steps() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
-    config = GeneratorConfig(n_transactions=20_000, n_cards=400, days=30, fraud_rate=0.01, seed=8)
+    # 60 days: the drift reference skips the first 37 (warm-up) and spans the other 23.
+    config = GeneratorConfig(n_transactions=20_000, n_cards=400, days=60, fraud_rate=0.01, seed=8)
     return generate_transactions(config)
 
 
@@ -140,6 +146,7 @@ def chain(
         evaluation=out["evaluation"],
         drift_reference_size=500,
         seed=42,
+        trigger_reason="drift: 3 of the last 5 windows",
         bundle=out["bundle"],
     )
     out["run_report"] = artifact(HTML, root, "run_report")
@@ -227,8 +234,57 @@ def test_export_writes_a_verified_bundle(chain: dict[str, Any]) -> None:
     assert manifest.metrics["onnx_max_abs_difference"] <= 1e-5
     assert manifest.data_fingerprint.startswith("sha256:")
     assert {"scikit-learn", "skl2onnx", "onnxruntime"} <= set(manifest.libraries)
-    with np.load(bundle / DRIFT_REFERENCE) as reference:
-        assert reference["features"].shape == (500, len(FEATURE_NAMES))
+    assert manifest.trigger_reason == "drift: 3 of the last 5 windows"
+    assert chain["bundle"].metadata["trigger_reason"] == manifest.trigger_reason
+    table = pd.read_parquet(chain["training_set"].path)
+    assert manifest.data_start == table[TIMESTAMP].min().isoformat()
+    assert manifest.data_end == table[TIMESTAMP].max().isoformat()
+
+
+def test_the_drift_reference_is_held_out_rows_past_the_warm_up_scored_by_the_model(
+    chain: dict[str, Any],
+) -> None:
+    bundle = Path(chain["bundle"].path)
+    reference = load_reference(bundle)
+    assert reference.rows == 500 and reference.scores is not None
+    table = pd.read_parquet(chain["training_set"].path)
+    # Each reference row is a test row (matched on its whole feature vector) ...
+    keyed = table.set_index(list(FEATURE_NAMES))
+    rows = keyed.loc[[tuple(row) for row in reference.features]]
+    assert (rows[SPLIT_COLUMN] == TEST).all()
+    # ... from after the first 37 days of the data, in time order ...
+    first_day = table[TIMESTAMP].min().floor("D")
+    assert (rows[TIMESTAMP] >= first_day + pd.Timedelta(days=WARM_UP_DAYS)).all()
+    assert rows[TIMESTAMP].is_monotonic_increasing
+    # ... with the model's own (out-of-sample) score.
+    predictions = pd.read_parquet(chain["predictions"].path).set_index(TRANSACTION_ID)
+    expected = predictions.loc[rows[TRANSACTION_ID], "fraud_probability"].round(6)
+    np.testing.assert_array_equal(reference.scores, expected.to_numpy())
+    drawn = verify_bundle(bundle).parameters["drift_reference"]
+    assert drawn["rows"] == 500 and drawn["warm_up_days_skipped"] == WARM_UP_DAYS
+    assert drawn["days"] == 23 and drawn["warnings"] == [] and drawn["seed"] == 42
+    assert chain["bundle"].metadata["drift_reference_days"] == 23
+
+
+def test_export_warns_when_the_reference_is_short(
+    chain: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fraud_detection.training.steps"):
+        info = export_step(
+            chain["model"].path,
+            chain["training_set"].path,
+            chain["validated"].path,
+            chain["evaluation"].path,
+            tmp_path / "bundle",
+            drift_reference_size=100_000,
+            seed=42,
+        )
+    (warning,) = info["drift_reference_warnings"]
+    assert "fewer than the 100,000 requested" in warning
+    assert f"drift reference: {warning}" in caplog.messages
+    manifest = verify_bundle(tmp_path / "bundle")
+    assert manifest.parameters["drift_reference"]["warnings"] == [warning]
+    assert manifest.trigger_reason == "manual"  # the default
 
 
 def test_report_embeds_the_charts(chain: dict[str, Any]) -> None:

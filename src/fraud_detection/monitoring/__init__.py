@@ -1,4 +1,5 @@
-"""The feature-drift monitor: mirrored scoring records in, one drift result per window out.
+"""The monitors: feature drift from the mirrored scoring records, and model performance from the
+labelled outcomes joined with them.
 
 The transformer mirrors every scored transaction to Kafka (:mod:`fraud_detection.serving.mirror`);
 the monitor reads that topic as a consumer group, cuts each partition's stream into tumbling
@@ -20,6 +21,18 @@ windows and compares every window with the drift reference of the model version 
 * :mod:`~fraud_detection.monitoring.sinks` — where results go: a JSON-lines file and a topic;
 * :mod:`~fraud_detection.monitoring.metrics` — the Prometheus metrics;
 * :mod:`~fraud_detection.monitoring.consumer` — the thin Kafka shell: poll, window, write, commit.
+
+The performance monitor (``fraud monitor`` runs it too, in a thread of its own) joins the labels
+topic with the mirror by ``transaction_id`` and reports recall, precision and F1 per model
+version and day of transaction time against the bundle's training metrics:
+
+* :mod:`~fraud_detection.monitoring.labels_join` — the join: scored transactions and waiting
+  labels, duplicates, corrections, bounded by a horizon of transaction time and by size;
+* :mod:`~fraud_detection.monitoring.performance` — the windows' counts, when a window is
+  reported (complete enough, revised as labels arrive, final at the horizon), the result record
+  and the baseline from the bundle's manifest;
+* :mod:`~fraud_detection.monitoring.performance_consumer` — the Kafka shell: both topics assigned
+  manually, the state (join, windows, offsets) in a file saved atomically.
 
 Nothing here imports alibi-detect (about 10 s: it pulls in ``transformers``) or kafka-python at
 import time.

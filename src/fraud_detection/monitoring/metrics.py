@@ -15,6 +15,29 @@
 ``fraud_monitor_open_window_records{partition}``         records in the partition's open window
 =======================================================  =========================================
 
+The performance monitor's (:class:`PerformanceMetrics`, in the same registry):
+
+========================================================  ========================================
+``fraud_monitor_performance_recall{model_version}``       recall of the latest complete window
+``fraud_monitor_performance_precision{model_version}``    ... its precision
+``fraud_monitor_performance_f1{model_version}``           ... its F1
+``fraud_monitor_performance_coverage{model_version}``     ... its labelled share
+``fraud_monitor_performance_windows_total{model_version}``  performance results written
+``fraud_monitor_labels_consumed_total``                   records read from the labels topic
+``fraud_monitor_labels_skipped_total{reason}``            labels not counted: a bad record (by
+                                                          ``LabelRecordError.reason``),
+                                                          ``duplicate``, ``unmatched`` (no score
+                                                          within the horizon), ``expired``
+                                                          (the transaction's window is final)
+``fraud_monitor_performance_scores_dropped_total{reason}``  scored transactions dropped unlabelled:
+                                                          ``expired`` (horizon), ``evicted``
+                                                          (size cap), ``late`` (beyond the
+                                                          horizon on arrival)
+``fraud_monitor_performance_records_skipped_total{reason}`` mirror records the performance
+                                                          monitor could not use, by reason
+``fraud_monitor_join_size{side}``                         ``scores`` held, ``labels`` waiting
+========================================================  ========================================
+
 Counters count since the process started (a restart re-reads the uncommitted records, which
 are then counted again).
 """
@@ -22,6 +45,7 @@ are then counted again).
 from __future__ import annotations
 
 import contextlib
+import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +153,125 @@ class MonitorMetrics:
         for gauge in (self.lag, self.open_records):
             with contextlib.suppress(KeyError):
                 gauge.remove(str(partition))
+
+
+#: Why a label is not counted, besides a bad record (``LabelRecordError.reason``).
+LABEL_SKIP_REASONS: tuple[str, ...] = ("duplicate", "unmatched", "expired")
+#: Why a scored transaction leaves the join unlabelled.
+SCORE_DROP_REASONS: tuple[str, ...] = ("expired", "evicted", "late")
+#: The join's counters behind each label and score reason.
+_JOIN_COUNTERS: dict[tuple[str, str], str] = {
+    ("label", "duplicate"): "duplicates",
+    ("label", "unmatched"): "unmatched",
+    ("label", "expired"): "expired",
+    ("score", "expired"): "scores_expired",
+    ("score", "evicted"): "scores_evicted",
+    ("score", "late"): "late_scores",
+}
+
+
+class PerformanceMetrics:
+    """The performance monitor's metrics, registered in ``registry`` (the drift monitor's, so
+    one ``/metrics`` serves both)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge
+
+        from fraud_detection.streaming.labels import BAD_REASONS
+
+        r = self.registry = registry
+        self.recall = Gauge(
+            "fraud_monitor_performance_recall",
+            "Recall of the latest complete performance window.",
+            ["model_version"],
+            registry=r,
+        )
+        self.precision = Gauge(
+            "fraud_monitor_performance_precision",
+            "Precision of the latest complete performance window.",
+            ["model_version"],
+            registry=r,
+        )
+        self.f1 = Gauge(
+            "fraud_monitor_performance_f1",
+            "F1 of the latest complete performance window.",
+            ["model_version"],
+            registry=r,
+        )
+        self.coverage = Gauge(
+            "fraud_monitor_performance_coverage",
+            "Labelled share of the latest complete performance window.",
+            ["model_version"],
+            registry=r,
+        )
+        self.windows = Counter(
+            "fraud_monitor_performance_windows",
+            "Performance results written (every revision).",
+            ["model_version"],
+            registry=r,
+        )
+        self.labels_consumed = Counter(
+            "fraud_monitor_labels_consumed", "Records read from the labels topic.", registry=r
+        )
+        self.labels_skipped = Counter(
+            "fraud_monitor_labels_skipped",
+            "Labels not counted, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in (*BAD_REASONS, *LABEL_SKIP_REASONS):
+            self.labels_skipped.labels(reason=reason)
+        self.scores_dropped = Counter(
+            "fraud_monitor_performance_scores_dropped",
+            "Scored transactions dropped from the join without a label, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SCORE_DROP_REASONS:
+            self.scores_dropped.labels(reason=reason)
+        self.records_skipped = Counter(
+            "fraud_monitor_performance_records_skipped",
+            "Mirror records the performance monitor could not use, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.join_size = Gauge(
+            "fraud_monitor_join_size",
+            "Scored transactions held by the join (side=scores) and labels waiting for their "
+            "score (side=labels).",
+            ["side"],
+            registry=r,
+        )
+        self._seen: dict[tuple[str, str], int] | None = None
+
+    def observe(self, result: Any) -> None:
+        """Count a written performance result; show its figures when it is complete."""
+        version = result.model_version
+        self.windows.labels(model_version=version).inc()
+        if not result.complete:
+            return
+        for gauge, value in (
+            (self.recall, result.recall),
+            (self.precision, result.precision),
+            (self.f1, result.f1),
+            (self.coverage, result.coverage),
+        ):
+            gauge.labels(model_version=version).set(math.nan if value is None else value)
+
+    def sync_join(self, stats: Any, scores_held: int, labels_waiting: int) -> None:
+        """Bring the counters up to the join's counts (``JoinStats``, which persist across
+        restarts; the counters count from the process's start)."""
+        now = {key: int(getattr(stats, name)) for key, name in _JOIN_COUNTERS.items()}
+        if self._seen is not None:
+            for (side, reason), value in now.items():
+                delta = value - self._seen[(side, reason)]
+                if delta <= 0:
+                    continue
+                counter = self.labels_skipped if side == "label" else self.scores_dropped
+                counter.labels(reason=reason).inc(delta)
+        self._seen = now
+        self.join_size.labels(side="scores").set(scores_held)
+        self.join_size.labels(side="labels").set(labels_waiting)
 
 
 def serve_metrics(metrics: MonitorMetrics, port: int, host: str = "127.0.0.1") -> Any:

@@ -121,6 +121,11 @@ class WindowResult:
     is_drift: bool
     reference: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        """The result's kind: ``"feature_drift"``."""
+        return KIND
+
     def to_dict(self) -> dict[str, Any]:
         """The result as the contract's JSON object."""
         return {

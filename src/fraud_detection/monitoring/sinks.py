@@ -4,17 +4,21 @@
 the topic's records acknowledged by the broker), because the monitor commits a window's offsets
 right after: a crash at any moment then loses no result, and writes a result twice at worst (the
 same ``window_id``, the same content).
+
+A sink takes any :class:`SinkResult`: the drift monitor's
+:class:`~fraud_detection.monitoring.results.WindowResult` and the performance monitor's
+:class:`~fraud_detection.monitoring.performance.PerformanceResult`. Monitors running in threads
+of one process share sinks through :class:`LockedSink`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-from fraud_detection.monitoring.results import WindowResult
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +28,51 @@ ENV_TOPIC_MONITORING = "FRAUD_KAFKA_TOPIC_MONITORING"
 #: The CloudEvents attributes of a result record.
 RESULT_CE_TYPE = "org.fraud-detection.monitoring.feature-drift"
 RESULT_CE_SOURCE = "urn:fraud-detection:drift-monitor"
+PERFORMANCE_CE_TYPE = "org.fraud-detection.monitoring.performance"
+PERFORMANCE_CE_SOURCE = "urn:fraud-detection:performance-monitor"
+#: ``(ce_type, ce_source)`` of each result kind.
+CE_ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "feature_drift": (RESULT_CE_TYPE, RESULT_CE_SOURCE),
+    "performance": (PERFORMANCE_CE_TYPE, PERFORMANCE_CE_SOURCE),
+}
 
 
 class SinkError(RuntimeError):
     """Results could not be written durably."""
 
 
+class SinkResult(Protocol):
+    """What a sink writes: one result with a stable id."""
+
+    @property
+    def kind(self) -> str:
+        """The result's kind (``feature_drift``, ``performance``)."""
+        ...
+
+    @property
+    def window_id(self) -> str:
+        """The stable id of the window (a result written twice has the same id)."""
+        ...
+
+    @property
+    def model_version(self) -> str:
+        """The model version the result is about."""
+        ...
+
+    @property
+    def end(self) -> str:
+        """The window's end, ISO-8601 UTC."""
+        ...
+
+    def to_json(self) -> bytes:
+        """The result's JSON object."""
+        ...
+
+
 class ResultSink(Protocol):
     """A destination of window results."""
 
-    def write(self, results: Sequence[WindowResult]) -> None:
+    def write(self, results: Sequence[SinkResult]) -> None:
         """Write ``results``; return once they are durable (raise :class:`SinkError` if not)."""
         ...
 
@@ -85,7 +124,7 @@ class JsonLinesSink:
             handle.truncate(keep)
         log.warning("%s: removed %d bytes of a line cut short by a crash", self.path, size - keep)
 
-    def write(self, results: Sequence[WindowResult]) -> None:
+    def write(self, results: Sequence[SinkResult]) -> None:
         """Append the results as lines and fsync the file."""
         data = memoryview(b"".join(result.to_json() + b"\n" for result in results))
         try:
@@ -111,7 +150,8 @@ class TopicSink:
     """Produces each result to a Kafka topic and waits for the broker's acknowledgement.
 
     The record is a binary-mode CloudEvent (written with the CloudEvents SDK): ``ce_id`` is the
-    window id (a result written twice has the same id), ``ce_type`` :data:`RESULT_CE_TYPE`,
+    window id (a result written twice has the same id), ``ce_type`` :data:`RESULT_CE_TYPE`
+    (:data:`PERFORMANCE_CE_TYPE` for a performance result; see :data:`CE_ATTRIBUTES`),
     ``ce_subject`` the model version, ``ce_time`` the latest transaction time of the window;
     the key is the window id (a compacted topic keeps one result per window); the value is the
     result's JSON.
@@ -136,7 +176,7 @@ class TopicSink:
             max_block_ms=int(timeout_s * 1000),
         )
 
-    def write(self, results: Sequence[WindowResult]) -> None:
+    def write(self, results: Sequence[SinkResult]) -> None:
         """Produce the results and wait until the broker acknowledged every one."""
         from cloudevents.http import CloudEvent
         from cloudevents.kafka import to_binary
@@ -144,10 +184,13 @@ class TopicSink:
         futures = []
         try:
             for result in results:
+                ce_type, ce_source = CE_ATTRIBUTES.get(
+                    result.kind, (RESULT_CE_TYPE, RESULT_CE_SOURCE)
+                )
                 event = CloudEvent(
                     {
-                        "type": RESULT_CE_TYPE,
-                        "source": RESULT_CE_SOURCE,
+                        "type": ce_type,
+                        "source": ce_source,
                         "id": result.window_id,
                         "subject": result.model_version,
                         "time": result.end,
@@ -178,3 +221,21 @@ class TopicSink:
             self._producer.close(timeout=self.timeout_s)
         except Exception as exc:  # best effort at shutdown: every result was acknowledged
             log.warning("closing the results producer: %s", exc)
+
+
+class LockedSink:
+    """A sink shared by monitors in threads of one process: writes one at a time, and leaves the
+    closing to its owner (:meth:`close` does nothing; close the inner sink when every monitor
+    has stopped)."""
+
+    def __init__(self, inner: ResultSink, lock: threading.Lock | None = None) -> None:
+        self.inner = inner
+        self.lock = lock if lock is not None else threading.Lock()
+
+    def write(self, results: Sequence[SinkResult]) -> None:
+        """Write through the inner sink, holding the lock."""
+        with self.lock:
+            self.inner.write(results)
+
+    def close(self) -> None:
+        """Nothing: the owner closes the inner sink."""

@@ -9,6 +9,10 @@ the cluster is contacted; a cluster that cannot be reached or refuses a request 
 :class:`ClusterError` with one line saying so. A multi-user deployment takes the user's profile
 ``namespace`` and a bearer ``token``.
 
+Every run says why it was started: the pipeline parameter ``trigger_reason`` (``manual`` unless
+given; ``schedule`` for the recurring run), which the export step records in the bundle's
+manifest, and which :func:`submit` puts in the run's name (:func:`run_name_for`).
+
 Recurring runs use KFP's six-field cron with seconds first, in UTC: the monthly default
 ``0 0 2 1 * *`` is 02:00 UTC on the 1st. A five-field crontab would be silently misread by the
 backend, so it is refused here. Runs of a schedule never overlap (``max_concurrency=1``) and
@@ -22,6 +26,7 @@ import json
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +154,27 @@ def _package(package: str | Path | None, image: str | None, scratch: str) -> str
     return str(compile_pipeline(Path(scratch) / f"{PIPELINE_NAME}.yaml", image))
 
 
+def run_name_for(reason: str, now: datetime | None = None) -> str:
+    """The name of a run started for ``reason``: ``fraud-training <reason> <UTC time>``."""
+    now = now or datetime.now(UTC)
+    return f"fraud-training {reason} {now:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _with_reason(arguments: Mapping[str, Any] | None, reason: str | None) -> dict[str, Any]:
+    """The arguments with ``trigger_reason`` set to ``reason`` (refused if they disagree)."""
+    from fraud_detection.pipeline.parameters import ParameterError
+
+    arguments = dict(arguments or {})
+    if reason is None:
+        return arguments
+    given = arguments.setdefault("trigger_reason", reason)
+    if given != reason:
+        raise ParameterError(
+            "trigger_reason", f"given twice, as {given!r} and as the reason {reason!r}"
+        )
+    return arguments
+
+
 def submit(
     host: str,
     arguments: Mapping[str, Any] | None = None,
@@ -159,18 +185,24 @@ def submit(
     client_factory: ClientFactory | None = None,
     namespace: str | None = None,
     token: str | None = None,
+    reason: str | None = None,
 ) -> Any:
     """Start one run: upload the package (compiled now when none is given) with ``arguments``.
+
+    ``reason`` (why the run is started) sets the ``trigger_reason`` argument (``manual`` when
+    neither is given); the run is named after it (:func:`run_name_for`) unless ``run_name`` is
+    given.
 
     Raises :class:`~fraud_detection.pipeline.parameters.ParameterError` for a bad argument and
     ``FileNotFoundError`` for a missing package, before any request; :class:`ClusterError` when
     the cluster cannot be reached or refuses. ``client_factory`` makes the client (default
     :func:`make_client`).
     """
-    from fraud_detection.pipeline.parameters import check_parameters
+    from fraud_detection.pipeline.parameters import MANUAL_REASON, check_parameters
 
-    arguments = dict(arguments or {})
-    check_parameters(arguments)
+    arguments = _with_reason(arguments, reason)
+    values = check_parameters(arguments)
+    run_name = run_name or run_name_for(values.get("trigger_reason") or MANUAL_REASON)
     with tempfile.TemporaryDirectory(prefix="fraud-pipeline-") as scratch:
         pipeline_file = _package(package, image, scratch)
         with _cluster_errors(host):
@@ -198,13 +230,14 @@ def schedule(
 ) -> Any:
     """Create a recurring run on ``cron`` (six fields, UTC), one run at a time, no catch-up.
 
-    The cron, the arguments and the package are checked before any request, as in
-    :func:`submit`.
+    Its runs' ``trigger_reason`` is ``schedule`` unless the arguments say otherwise. The cron,
+    the arguments and the package are checked before any request, as in :func:`submit`.
     """
-    from fraud_detection.pipeline.parameters import check_parameters
+    from fraud_detection.pipeline.parameters import SCHEDULE_REASON, check_parameters
 
     cron = check_cron(cron)
     arguments = dict(arguments or {})
+    arguments.setdefault("trigger_reason", SCHEDULE_REASON)
     check_parameters(arguments)
     with tempfile.TemporaryDirectory(prefix="fraud-pipeline-") as scratch:
         pipeline_file = _package(package, image, scratch)
@@ -214,7 +247,8 @@ def schedule(
             return client.create_recurring_run(
                 experiment_id=experiment_record.experiment_id,
                 job_name=job_name,
-                description=f"{PIPELINE_NAME} on cron {cron!r} (UTC)",
+                description=f"{PIPELINE_NAME} on cron {cron!r} (UTC), reason "
+                f"{arguments['trigger_reason']!r}",
                 cron_expression=cron,
                 max_concurrency=1,
                 no_catchup=True,

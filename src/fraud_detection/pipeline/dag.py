@@ -6,6 +6,8 @@ whatever the gate decides, so a refused model is still inspectable. The gate ret
 
 Every hyperparameter, the split, the threshold and the gate bounds are pipeline parameters, with
 the defaults below; :data:`PIPELINE_NAME` names the pipeline in the Kubeflow UI.
+``trigger_reason`` says why the run was started (``manual``, ``schedule``, or the retraining
+trigger's reason); the export step records it in the bundle's manifest.
 
 No ``from __future__ import annotations`` here: KFP reads the pipeline function's annotations
 as types.
@@ -81,6 +83,7 @@ def build_pipeline(image: str | None = None) -> Any:
         review_cost: float = 5.0,
         fraud_amount: float = 0.0,
         drift_reference_size: int = 5000,
+        trigger_reason: str = "manual",
         deploy_target: str = "auto",
         registry_dir: str = "",
         service_name: str = "fraud-detector",
@@ -138,6 +141,7 @@ def build_pipeline(image: str | None = None) -> Any:
             evaluation=evaluate.outputs["evaluation"],
             drift_reference_size=drift_reference_size,
             seed=seed,
+            trigger_reason=trigger_reason,
         )
         report = steps["report"](
             evaluation=evaluate.outputs["evaluation"],

@@ -8,7 +8,9 @@ progress line per step instead.
 
 When a step fails, :class:`PipelineRunError` names the step and carries the error the step
 raised (its last exception line), so a missing file or a schema violation reads as itself rather
-than as "task failed". After a run, :func:`write_run_summary` writes ``metrics.json``.
+than as "task failed". After a run, :func:`write_run_summary` writes ``metrics.json``, which
+says why the run was started (``trigger_reason``), the time span of the data and how the drift
+reference was drawn; :func:`run_directory_name` names a run's directory after its reason.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,15 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "test_frauds",
     "flagged",
 )
+
+
+def run_directory_name(reason: str, now: datetime | None = None) -> str:
+    """``run-<UTC time>-<reason>``: the reason lower-cased, runs of other characters as ``-``,
+    at most 40 characters of it (``run-20260301-020000-drift-in-3-of-5-windows``)."""
+    now = now or datetime.now(UTC)
+    slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40].strip("-")
+    stamp = now.strftime("run-%Y%m%d-%H%M%S")
+    return f"{stamp}-{slug}" if slug else stamp
 
 
 class PipelineRunError(RuntimeError):
@@ -305,7 +317,14 @@ def run_local(
         outputs=outputs,
         evaluation=_read_json(outputs["evaluation"]),
         decision=_read_json(outputs["decision"]),
-        manifest={"model_version": manifest.model_version, "files": manifest.files},
+        manifest={
+            "model_version": manifest.model_version,
+            "files": manifest.files,
+            "trigger_reason": manifest.trigger_reason,
+            "data_start": manifest.data_start,
+            "data_end": manifest.data_end,
+            "drift_reference": manifest.parameters.get("drift_reference"),
+        },
         deployment=_read_json(deployment_path) if deployment_path.is_file() else None,
         steps=sorted(progress.steps.values(), key=lambda step: step.started),
         wall_seconds=time.perf_counter() - started,
@@ -324,6 +343,10 @@ def run_summary(run: LocalRun) -> dict[str, Any]:
             "deployed": run.deployed,
             "deployment": run.deployment,
             "model_version": run.model_version,
+            "trigger_reason": run.manifest.get("trigger_reason", ""),
+            "data_start": run.manifest.get("data_start", ""),
+            "data_end": run.manifest.get("data_end", ""),
+            "drift_reference": run.manifest.get("drift_reference"),
             "previously_deployed": (
                 {"model_version": deployed.get("model_version"), **deployed.get("metrics", {})}
                 if deployed.get("evaluated")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,14 @@ RANGES: dict[str, Range] = {
     "fraud_amount": Range(0.0),
 }
 
+#: The longest ``trigger_reason`` accepted, in characters.
+MAX_REASON_LENGTH = 200
+#: Why a run was started, when nobody says otherwise; the recurring run's reason.
+MANUAL_REASON = "manual"
+SCHEDULE_REASON = "schedule"
+#: Unicode categories refused in a reason: control characters and line or paragraph breaks.
+_REFUSED_CATEGORIES = ("Cc", "Zl", "Zp")
+
 _KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "Integer": ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)),
     "Float": (
@@ -89,6 +98,30 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
     ),
 }
+
+
+def check_trigger_reason(reason: Any) -> str:
+    """``reason`` if it is a valid ``trigger_reason``: text that is not blank, at most
+    :data:`MAX_REASON_LENGTH` characters, without control characters or line breaks.
+
+    Raises:
+        ParameterError: naming ``trigger_reason`` and what is wrong.
+    """
+    name = "trigger_reason"
+    if not isinstance(reason, str):
+        raise ParameterError(name, f"must be text, got {reason!r}")
+    if not reason.strip():
+        raise ParameterError(name, "must not be empty")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ParameterError(
+            name, f"must be at most {MAX_REASON_LENGTH} characters, got {len(reason)}"
+        )
+    for position, char in enumerate(reason):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ParameterError(
+                name, f"must not hold control characters, got {char!r} at position {position}"
+            )
+    return reason
 
 
 def _show(value: Any) -> str:
@@ -169,8 +202,8 @@ def check_parameters(
     """Check a run's arguments; return every parameter's value (the defaults filled in).
 
     Raises :class:`ParameterError` for an unknown name, a value of the wrong type or out of
-    range, an inconsistent split (window bounds), or an input that is not exactly one of data
-    files and a Kafka topic.
+    range, an inconsistent split (window bounds), an input that is not exactly one of data
+    files and a Kafka topic, or a ``trigger_reason`` :func:`check_trigger_reason` refuses.
     """
     number = _KINDS["Float"][1]
     # The ranges first: they need neither the pipeline's declarations (kfp) nor pandas.
@@ -183,16 +216,14 @@ def check_parameters(
         if not ok(value):
             raise ParameterError(name, f"must be {what}, got {value!r}")
     values = {name: default for name, (_, default) in declared.items()} | dict(arguments)
+    if "trigger_reason" in values:
+        check_trigger_reason(values["trigger_reason"])
     from fraud_detection.training.dataset import SplitConfig, TimeWindows, parse_bound
     from fraud_detection.training.deploy import DeployError, resolve_target
     from fraud_detection.training.gate import GateConfig
     from fraud_detection.training.train import TrainParams
 
     data = [path for path in values["data"] if path.strip()]
-    if data and values["kafka_topic"].strip():
-        raise ParameterError(
-            None, "give either data (files or globs) or kafka_topic as input, not both"
-        )
     if not data and not values["kafka_topic"].strip():
         raise ParameterError(None, "no input: give data (files or globs) or kafka_topic")
     try:

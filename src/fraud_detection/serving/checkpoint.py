@@ -189,7 +189,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format is not {CHECKPOINT_FORMAT}")
-    features = OnlineFeatureState.from_dict(document["features"])
+    # A checkpoint's fraud counts came from bundle snapshots (and, since format 2, the labels
+    # topic); an old one's, lacking transaction ids, are dropped and restored from those.
+    features = OnlineFeatureState.from_dict(document["features"], drop_legacy_labels=True)
     seen: OrderedDict[str, Scored] = OrderedDict(
         (key, Scored(card, merchant, float(amount), int(stamp), list(row), bool(mirrored)))
         for key, card, merchant, amount, stamp, row, mirrored in document["seen"]

@@ -24,6 +24,12 @@ stream's order: a client sending many requests can walk it forward a skew at a t
 traffic uses the wall clock. Transactions out of order within
 the range are placed at their own time (see ``OnlineFeatureState``).
 
+**Labels** (:meth:`LiveState.apply_labels`, fed by the labels consumer,
+:mod:`fraud_detection.serving.labels_consumer`) change merchant risk under the same lock, a
+small batch at a time; each label is idempotent, so a re-read topic changes nothing. The
+consumer's offsets go along (:attr:`LiveState.label_offsets`), so a checkpoint knows which
+labels it includes and only those offsets are committed.
+
 **Model switches** keep the live state: :meth:`adopt` takes from the new bundle's snapshot only
 what it adds (cards never seen here, labels known at its training).
 
@@ -35,15 +41,16 @@ the fork. A crash loses at most the transactions absorbed since the last checkpo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fraud_detection.features import (
     HISTORY_MICROS,
@@ -60,6 +67,9 @@ from fraud_detection.serving.checkpoint import (
 from fraud_detection.serving.mirror import iso_timestamp
 from fraud_detection.serving.requests import Problem, RequestError, Transaction
 
+if TYPE_CHECKING:
+    from fraud_detection.streaming.labels import Label
+
 log = logging.getLogger(__name__)
 
 WALL_CLOCK = "wall"
@@ -73,6 +83,13 @@ DEFAULT_MAX_CLOCK_SKEW_S = {WALL_CLOCK: 300.0, EVENT_CLOCK: 86_400.0}
 MAX_CLOCK_SKEW_LIMIT_S = 86_400.0
 #: The longest feature window: an older transaction could not change any feature.
 DEFAULT_MAX_EVENT_AGE_S = HISTORY_MICROS / MICROS_PER_SECOND
+#: Outcomes of :meth:`LiveState.apply_labels`: applied (by label value) or skipped (by reason).
+LABEL_FRAUD = "fraud"
+LABEL_LEGIT = "legit"
+SKIP_UNKNOWN_TRANSACTION = "unknown_transaction"
+SKIP_TOO_OLD = "too_old"
+#: A label's partition, as ``(topic, partition)``, to the offset after the last one applied.
+LabelOffsets = dict[tuple[str, int], int]
 
 
 @dataclass(frozen=True)
@@ -177,8 +194,10 @@ class LiveState:
         self.seen: OrderedDict[str, Scored] = seen if seen is not None else OrderedDict()
         self.dedup_size = dedup_size
         self.lock = threading.Lock()
-        #: Increases with every absorbed transaction and adopted snapshot.
+        #: Increases with every absorbed transaction, applied label and adopted snapshot.
         self.changes = 0
+        #: Labels topic positions after the labels applied so far (see :meth:`apply_labels`).
+        self.label_offsets: LabelOffsets = {}
 
     def __len__(self) -> int:
         return len(self.features)
@@ -271,6 +290,50 @@ class LiveState:
         self.seen[transaction_id] = known._replace(mirrored=True)
         return True
 
+    # ------------------------------------------------------------------ labels
+    def apply_labels(
+        self, labels: Sequence[Label], offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> Counter[str]:
+        """Apply labels to merchant risk, atomically; returns how many had each outcome.
+
+        A label's merchant and transaction time are its own ``merchant_id`` and ``timestamp``
+        when it has them, else those the retry map remembers of its transaction; with neither
+        it is skipped as :data:`SKIP_UNKNOWN_TRANSACTION`. One older than the state keeps is
+        skipped as :data:`SKIP_TOO_OLD`. Every other label is applied (idempotently, see
+        ``OnlineFeatureState.record_label``) and counted as :data:`LABEL_FRAUD` or
+        :data:`LABEL_LEGIT`. ``offsets`` (the labels topic positions after these labels) are
+        recorded in :attr:`label_offsets` under the same lock. Call with small batches: the
+        request path waits for the lock.
+        """
+        outcomes: Counter[str] = Counter()
+        with self.lock:
+            features, seen = self.features, self.seen
+            for label in labels:
+                merchant, stamp = label.merchant_id, label.timestamp_micros
+                if merchant is None or stamp is None:
+                    known = seen.get(label.transaction_id)
+                    if known is None:
+                        outcomes[SKIP_UNKNOWN_TRANSACTION] += 1
+                        continue
+                    merchant = merchant if merchant is not None else known.merchant_id
+                    stamp = stamp if stamp is not None else known.timestamp_micros
+                if features.is_too_old_for_labels(stamp):
+                    outcomes[SKIP_TOO_OLD] += 1
+                    continue
+                if features.record_label(merchant, stamp, label.is_fraud, label.transaction_id):
+                    self.changes += 1
+                outcomes[LABEL_FRAUD if label.is_fraud else LABEL_LEGIT] += 1
+            if offsets:
+                self.label_offsets.update(offsets)
+        return outcomes
+
+    @contextlib.contextmanager
+    def hold(self, label_offsets: LabelOffsets) -> Iterator[None]:
+        """Hold :attr:`lock`; on entry, copy :attr:`label_offsets` into ``label_offsets``."""
+        with self.lock:
+            label_offsets.update(self.label_offsets)
+            yield
+
     # ------------------------------------------------------------------ switches, checkpoints
     def adopt(self, snapshot: OnlineFeatureState) -> None:
         """Take what a new bundle's snapshot adds (see ``OnlineFeatureState.adopt``)."""
@@ -350,6 +413,8 @@ class Checkpointer:
         self._write_lock = threading.Lock()
         self.written = 0
         self.last_path: Path | None = None
+        #: The labels topic positions the newest checkpoint includes (safe to commit).
+        self.label_offsets: LabelOffsets = {}
 
     def start(self) -> Checkpointer:
         """Start the background thread; returns ``self``."""
@@ -366,10 +431,14 @@ class Checkpointer:
             if not force and marker == self._written_changes:
                 return None
             version = self._model_version()
-            path = write_in_background(self.state_dir, lambda: live.payload(version), live.lock)
+            offsets: LabelOffsets = {}
+            path = write_in_background(
+                self.state_dir, lambda: live.payload(version), live.hold(offsets)
+            )
             self._written_changes = marker
             self.written += 1
             self.last_path = path
+            self.label_offsets = offsets
         log.debug("checkpoint written: %s", path)
         return path
 

@@ -23,7 +23,15 @@ fraud_model_info                       info       version     both servers, at (
 fraud_model_switches_total             counter                both servers, per switch
 fraud_model_switch_failures_total      counter                both servers, per refused bundle
 fraud_live_cards                       gauge                  transformer, read at scrape
+fraud_labels_applied_total             counter    label       labels consumer, per label
+fraud_labels_skipped_total             counter    reason      labels consumer, per record
+fraud_labels_lag                       gauge                  labels consumer, per poll
 =====================================  =========  ==========  ==============================
+
+The ``fraud_labels_*`` metrics belong to the transformer's labels consumer
+(:mod:`fraud_detection.serving.labels_consumer`) and are created when it starts
+(:func:`labels_metrics`): ``label`` is ``fraud`` or ``legit``; ``reason`` one of
+:data:`LABEL_SKIP_REASONS`.
 """
 
 from __future__ import annotations
@@ -45,6 +53,18 @@ REJECTION_REASONS: Mapping[int, str] = {
 OTHER_REASON = "other"
 #: ``kind`` label of a failed call to the predictor.
 PREDICTOR_FAILURE_KINDS: tuple[str, ...] = ("timeout", "connection", "error_status", "bad_response")
+#: ``reason`` label of a skipped label record: unusable (``streaming.labels.BAD_REASONS``), its
+#: transaction unknown (no merchant and time in the label, none remembered), or too old to
+#: matter to any feature.
+LABEL_SKIP_REASONS: tuple[str, ...] = (
+    "not_json",
+    "missing_field",
+    "invalid_value",
+    "unknown_transaction",
+    "too_old",
+)
+#: ``label`` label of an applied label.
+LABEL_VALUES: tuple[str, ...] = ("fraud", "legit")
 #: Buckets of the fraud probability histogram: fine around the 0.1 threshold.
 PROBABILITY_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -223,3 +243,63 @@ def _length_of(reference: weakref.ref[Sized]) -> Callable[[], float]:
         return float(len(target)) if target is not None else 0.0
 
     return length
+
+
+class LabelsMetrics(NamedTuple):
+    """The labels consumer's ``fraud_labels_*`` metrics (see the module docstring)."""
+
+    applied: Any
+    skipped: Any
+    lag: Any
+
+
+_LABELS_METRICS: LabelsMetrics | None = None
+
+
+def labels_metrics() -> LabelsMetrics:
+    """The process's labels metrics (created on first use, in the default registry)."""
+    global _LABELS_METRICS
+    with _METRICS_LOCK:
+        if _LABELS_METRICS is None:
+            from prometheus_client import Counter, Gauge
+
+            applied = Counter(
+                "fraud_labels_applied",
+                "Labels from the labels topic applied to merchant risk, by label (fraud, legit); "
+                "a duplicate counts again but changes nothing.",
+                ["label"],
+            )
+            for value in LABEL_VALUES:
+                applied.labels(label=value)
+            skipped = Counter(
+                "fraud_labels_skipped",
+                "Label records not applied, by reason (not_json, missing_field, invalid_value: "
+                "unusable; unknown_transaction: no merchant and time in the label and none "
+                "remembered; too_old: older than any feature window can see).",
+                ["reason"],
+            )
+            for reason in LABEL_SKIP_REASONS:
+                skipped.labels(reason=reason)
+            _LABELS_METRICS = LabelsMetrics(
+                applied=applied,
+                skipped=skipped,
+                lag=Gauge(
+                    "fraud_labels_lag",
+                    "Label records in the labels topic not read yet by the transformer.",
+                ),
+            )
+        return _LABELS_METRICS
+
+
+def count_labels(outcomes: Mapping[str, int]) -> None:
+    """Count label outcomes: ``fraud``/``legit`` as applied, any other key as a skip reason."""
+    metrics = labels_metrics()
+    for outcome, count in outcomes.items():
+        if not count:
+            continue
+        if outcome in LABEL_VALUES:
+            metrics.applied.labels(label=outcome).inc(count)
+        elif outcome in LABEL_SKIP_REASONS:
+            metrics.skipped.labels(reason=outcome).inc(count)
+        else:
+            raise ValueError(f"unknown label outcome {outcome!r}")

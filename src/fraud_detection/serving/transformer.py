@@ -28,9 +28,14 @@ seen, merchant labels known at its training). With ``--state_dir`` the live stat
 checkpointed every ``--checkpoint_interval`` seconds and at stop, and a restart resumes from
 the newest checkpoint.
 
+Labels: with ``--labels`` (the default when Kafka is configured) a background thread reads the
+labels topic (``--labels_topic``) and keeps merchant risk current
+(:mod:`fraud_detection.serving.labels_consumer`); labels are idempotent, and the group's offsets
+are committed only up to what a checkpoint includes.
+
 Metrics (:mod:`fraud_detection.serving.metrics`): transactions scored and flagged and their
-probabilities, failed calls to the predictor by kind, the served version, model switches and
-the cards in the live state, on ``/metrics``.
+probabilities, failed calls to the predictor by kind, the served version, model switches, the
+cards in the live state, and labels applied and skipped, on ``/metrics``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ from typing import Any
 from fraud_detection.bundle import FEATURE_STATE, BundleError, Manifest, verify_bundle
 from fraud_detection.features import OnlineFeatureState
 from fraud_detection.schema import DEFAULT_THRESHOLD, MAX_AMOUNT, is_flagged, round_probability
+from fraud_detection.serving.labels_consumer import (
+    DEFAULT_GROUP_ID,
+    LabelsConfig,
+    LabelsConsumer,
+    labels_config_from_args,
+)
 from fraud_detection.serving.live_state import (
     CLOCKS,
     DEFAULT_MAX_CLOCK_SKEW_S,
@@ -153,8 +164,12 @@ def make_transformer(
     time_policy: TimePolicy | None = None,
     state_dir: Path | None = None,
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
+    labels: LabelsConfig | None = None,
 ) -> Any:
-    """A ``kserve.Model`` transformer (not loaded yet: call ``load()``)."""
+    """A ``kserve.Model`` transformer (not loaded yet: call ``load()``).
+
+    ``labels``: read the labels topic into merchant risk (None: no labels consumer).
+    """
     if not collocated and not predictor_host:
         raise ValueError("a transformer needs --predictor_host unless it is --collocated")
     return _transformer_class()(
@@ -174,6 +189,7 @@ def make_transformer(
         time_policy=time_policy or TimePolicy(),
         state_dir=state_dir,
         checkpoint_interval_s=checkpoint_interval_s,
+        labels=labels,
     )
 
 
@@ -215,6 +231,8 @@ def _transformer_class() -> type:
             self.live: LiveState | None = None
             self.checkpointer: Checkpointer | None = None
             self.watcher: BundleWatcher | None = None
+            self.labels_config: LabelsConfig | None = options["labels"]
+            self.labels: LabelsConsumer | None = None
 
         # ------------------------------------------------------------------ lifecycle
         def load(self) -> bool:
@@ -246,7 +264,7 @@ def _transformer_class() -> type:
             )
 
         def start(self) -> None:
-            """Start the mirror, the checkpoints and the bundle watcher."""
+            """Start the mirror, the checkpoints, the labels consumer and the bundle watcher."""
             super().start()
             if self.mirror is not None and not self.mirror.started:
                 self.mirror.start()
@@ -257,16 +275,30 @@ def _transformer_class() -> type:
                     self.checkpoint_interval_s,
                     lambda: self.state.version if self.state is not None else None,
                 ).start()
+            if self.labels_config is not None and self.labels is None:
+                self.labels = LabelsConsumer(
+                    self.labels_config,
+                    lambda: self.live,
+                    self._checkpointed_label_offsets,
+                ).start()
             current = self.state.path if self.state is not None else None
             self.follow_bundle(current, "transformer-reload")
 
+        def _checkpointed_label_offsets(self) -> dict[tuple[str, int], int] | None:
+            """The labels offsets the newest checkpoint includes; None without checkpoints."""
+            return self.checkpointer.label_offsets if self.checkpointer is not None else None
+
         def stop(self) -> None:
-            """Stop the watcher, write a final checkpoint and flush the mirror."""
+            """Stop the watcher and the labels, write a final checkpoint, flush the mirror."""
             self.stop_following()
+            if self.labels is not None:
+                self.labels.halt()  # no label lands after the final checkpoint
             if self.checkpointer is not None:
                 path = self.checkpointer.stop()
                 if path is not None:
                     log.info("live state checkpointed to %s", path)
+            if self.labels is not None:
+                self.labels.close()  # commits what the final checkpoint includes
             if self.mirror is not None:
                 self.mirror.stop()
             super().stop()
@@ -514,6 +546,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Kafka bootstrap servers for the mirror (default ${ENV_BOOTSTRAP}; none: no mirror).",
     )
     parser.add_argument(
+        "--labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Read the labels topic into merchant risk, in the background (default: on when "
+        "Kafka is configured).",
+    )
+    parser.add_argument(
+        "--labels_topic",
+        default=None,
+        help=f"Labels topic (default $FRAUD_KAFKA_TOPIC_LABELS or {Topics().labels}).",
+    )
+    parser.add_argument(
+        "--labels_group",
+        default=DEFAULT_GROUP_ID,
+        help="Consumer group of the labels consumer (each transformer replica needs its own).",
+    )
+    parser.add_argument(
         "--mirror_topic",
         default=None,
         help=f"Mirror topic (default $FRAUD_KAFKA_TOPIC_MIRROR or {Topics().mirror}).",
@@ -548,14 +597,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def mirror_from_args(args: argparse.Namespace) -> KafkaMirror | ProcessMirror | None:
-    """The Kafka mirror the arguments and environment ask for, or None."""
+def bootstrap_from_args(args: argparse.Namespace) -> str | None:
+    """``--kafka_bootstrap``, else ``$FRAUD_KAFKA_BOOTSTRAP``, else None (``none``: None)."""
     import os
 
-    from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, Topics
+    from fraud_detection.streaming.kafka import ENV_BOOTSTRAP
 
     bootstrap = args.kafka_bootstrap or os.environ.get(ENV_BOOTSTRAP)
     if not bootstrap or bootstrap.lower() == "none":
+        return None
+    return bootstrap
+
+
+def mirror_from_args(args: argparse.Namespace) -> KafkaMirror | ProcessMirror | None:
+    """The Kafka mirror the arguments and environment ask for, or None."""
+    from fraud_detection.streaming.kafka import Topics
+
+    bootstrap = bootstrap_from_args(args)
+    if bootstrap is None:
         return None
     config = MirrorConfig(
         bootstrap=bootstrap,
@@ -591,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max_amount must be within 0..{MAX_AMOUNT_CEILING:g}")
     if args.checkpoint_interval <= 0:
         parser.error("--checkpoint_interval must be positive")
+    try:
+        labels = labels_config_from_args(args, bootstrap_from_args(args))
+    except ValueError as exc:
+        parser.error(str(exc))
     transformer = make_transformer(
         args.model_name,
         source,
@@ -607,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         time_policy=policy,
         state_dir=state_dir_from_args(args),
         checkpoint_interval_s=args.checkpoint_interval,
+        labels=labels,
     )
     return serve_model(transformer, args, "transformer")
 

@@ -9,7 +9,8 @@ what goes into it:
   the test set;
 * :func:`feature_state_snapshot` — the online per-card state after the training data, from only
   the days any window can still see;
-* :func:`drift_reference` — a seeded sample of training feature vectors for the drift monitor;
+* :func:`draw_drift_reference` — the drift monitor's reference: held-out rows whose feature
+  windows are full, scored out of sample, in time order (:func:`save_drift_reference` writes it);
 * :func:`data_fingerprint`, :func:`library_versions`, :func:`model_version`.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,7 @@ import pandas as pd
 from fraud_detection.features import (
     FEATURE_NAMES,
     LABEL_DELAY_DAYS,
+    MICROS_PER_DAY,
     WINDOW_DAYS,
     OnlineFeatureState,
 )
@@ -36,6 +40,7 @@ from fraud_detection.schema import (
     CARD_ID,
     LABEL,
     MERCHANT_ID,
+    PROBABILITY_DECIMALS,
     TIMESTAMP,
     TRANSACTION_ID,
 )
@@ -60,6 +65,11 @@ LIBRARIES: tuple[str, ...] = (
     "onnxruntime",
     "kfp",
 )
+#: Days of history before a row's feature windows are all full: the longest card window, and the
+#: merchant windows' label delay on top of it.
+WARM_UP_DAYS = max(WINDOW_DAYS) + LABEL_DELAY_DAYS
+#: The fewest days a drift reference should span: the monitor compares with whole weeks.
+MIN_REFERENCE_DAYS = 21
 _FINGERPRINT_COLUMNS = (TRANSACTION_ID, CARD_ID, MERCHANT_ID, AMOUNT, TIMESTAMP, LABEL)
 
 
@@ -128,21 +138,167 @@ def feature_state_snapshot(frame: pd.DataFrame) -> OnlineFeatureState:
     return OnlineFeatureState.from_frame(recent)
 
 
-def drift_reference(features: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded sample of at most ``size`` feature vectors (rows kept in their order)."""
-    if size <= 0 or len(features) <= size:
-        return features.copy()
-    rng = np.random.default_rng(seed)
-    return features[np.sort(rng.choice(len(features), size, replace=False))]
+@dataclass(frozen=True)
+class ReferenceDraw:
+    """A drift reference drawn by :func:`draw_drift_reference`, and how it was drawn.
+
+    Attributes:
+        features: the reference rows (rows x features), in time order.
+        scores: the model's out-of-sample fraud probability of each row (rounded as served).
+        positions: each row's index in the arrays it was drawn from.
+        requested: the rows asked for (0: every eligible row).
+        eligible: the held-out rows after the warm-up (the rows it was drawn from).
+        warm_up_days: the days skipped at the start of the data (0 when none could be).
+        first: the transaction time of the first row (ISO-8601 UTC).
+        last: the transaction time of the last row (ISO-8601 UTC).
+        days: calendar days (UTC) from the first row's day to the last row's, inclusive.
+        warnings: why the reference falls short of what the monitor needs (empty when not).
+    """
+
+    features: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray
+    requested: int
+    eligible: int
+    warm_up_days: int
+    first: str
+    last: str
+    days: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        """The number of reference rows."""
+        return int(self.features.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        """How the reference was drawn, for the manifest's parameters."""
+        return {
+            "rows": self.rows,
+            "requested": self.requested,
+            "eligible_rows": self.eligible,
+            "source": "held-out (test) rows, scored out of sample",
+            "warm_up_days_skipped": self.warm_up_days,
+            "first": self.first,
+            "last": self.last,
+            "days": self.days,
+            "scores": True,
+            "warnings": list(self.warnings),
+        }
 
 
-def save_drift_reference(path: str | Path, features: np.ndarray) -> Path:
-    """Write the reference as ``.npz`` with arrays ``features`` and ``feature_names``."""
-    path = Path(path)
-    with path.open("wb") as handle:
-        np.savez_compressed(
-            handle, features=features.astype(np.float64), feature_names=np.array(FEATURE_NAMES)
+def iso_utc(micros: int) -> str:
+    """A time in microseconds since the epoch as ISO-8601 UTC."""
+    return pd.Timestamp(int(micros), unit="us", tz="UTC").isoformat()
+
+
+def draw_drift_reference(
+    features: np.ndarray,
+    timestamps: np.ndarray,
+    held_out: np.ndarray,
+    score: Callable[[np.ndarray], np.ndarray],
+    size: int,
+    seed: int,
+    data_start: int | None = None,
+    warm_up_days: int = WARM_UP_DAYS,
+    min_days: int = MIN_REFERENCE_DAYS,
+) -> ReferenceDraw:
+    """The drift reference the monitor compares live traffic with.
+
+    Drawn, seeded, from the ``held_out`` rows (rows the model did not train on) whose feature
+    windows are full: rows before the first ``warm_up_days`` calendar days (UTC) of the data are
+    skipped, since their card and merchant windows still miss history that live traffic has. The
+    rows are kept in time order and scored by ``score`` (the model's fraud probability; held-out
+    rows, so out of sample, as live traffic is), rounded as served.
+
+    Args:
+        features: every row's feature vector (rows x features).
+        timestamps: every row's transaction time, microseconds since the epoch (UTC).
+        held_out: boolean mask of the rows the model was not trained on.
+        score: fraud probabilities of a feature matrix (e.g. ``predict_proba(x)[:, 1]``).
+        size: rows to draw; 0 or fewer: every eligible row.
+        seed: seed of the draw.
+        data_start: the first transaction time of the data the features were computed over
+            (default: the earliest of ``timestamps``).
+        warm_up_days: days of history a row's features need (default: the longest window plus
+            the label delay).
+        min_days: the fewest days the reference should span (the monitor matches whole weeks).
+
+    When no held-out row is past the warm-up, every held-out row is used and the warm-up is not
+    skipped; that, a span under ``min_days`` or fewer rows than ``size`` are reported in
+    :attr:`ReferenceDraw.warnings` (the reference is still drawn).
+
+    Raises:
+        ValueError: the arrays disagree in length, or there is no held-out row.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    timestamps = np.asarray(timestamps, dtype=np.int64)
+    held_out = np.asarray(held_out, dtype=bool)
+    if not len(features) == len(timestamps) == len(held_out):
+        raise ValueError(
+            f"features, timestamps and held_out: lengths differ ({len(features)}, "
+            f"{len(timestamps)}, {len(held_out)})"
         )
+    if not held_out.any():
+        raise ValueError("held_out: no held-out row to draw a drift reference from")
+    start = int(timestamps.min()) if data_start is None else int(data_start)
+    cutoff = (start // MICROS_PER_DAY + warm_up_days) * MICROS_PER_DAY
+    warnings: list[str] = []
+    candidates = np.flatnonzero(held_out & (timestamps >= cutoff))
+    skipped = warm_up_days
+    if len(candidates) == 0:
+        candidates, skipped = np.flatnonzero(held_out), 0
+        warnings.append(
+            f"no held-out row after the first {warm_up_days} days of the data (their feature "
+            "windows are not full yet); the reference includes rows whose windows are not full"
+        )
+    if 0 < size < len(candidates):
+        rng = np.random.default_rng(seed)
+        candidates = np.sort(rng.choice(candidates, size, replace=False))
+    positions = candidates[np.argsort(timestamps[candidates], kind="stable")]
+    chosen = features[positions]
+    scores = np.round(np.asarray(score(chosen), dtype=np.float64), PROBABILITY_DECIMALS)
+    times = timestamps[positions]
+    days = int(times[-1] // MICROS_PER_DAY - times[0] // MICROS_PER_DAY) + 1
+    eligible = int(np.count_nonzero(held_out & (timestamps >= cutoff))) if skipped else 0
+    if size > 0 and len(positions) < size:
+        warnings.append(f"{len(positions):,} rows, fewer than the {size:,} requested")
+    if days < min_days:
+        warnings.append(
+            f"spans {days} days, fewer than {min_days}: the monitor compares windows with the "
+            "reference rows of the same hours and kind of day, and needs whole weeks of them"
+        )
+    return ReferenceDraw(
+        features=chosen,
+        scores=scores,
+        positions=positions,
+        requested=max(int(size), 0),
+        eligible=eligible,
+        warm_up_days=skipped,
+        first=iso_utc(times[0]),
+        last=iso_utc(times[-1]),
+        days=days,
+        warnings=tuple(warnings),
+    )
+
+
+def save_drift_reference(
+    path: str | Path, features: np.ndarray, scores: np.ndarray | None = None
+) -> Path:
+    """Write the reference as ``.npz``: arrays ``features``, ``feature_names`` and, when given,
+    ``fraud_probability`` (one score per row), as
+    :func:`fraud_detection.monitoring.reference.load_reference` reads them."""
+    path = Path(path)
+    arrays = {"features": features.astype(np.float64), "feature_names": np.array(FEATURE_NAMES)}
+    if scores is not None:
+        if np.shape(scores) != (features.shape[0],):
+            raise ValueError(
+                f"scores: must hold one score per row ({features.shape[0]}), "
+                f"got shape {np.shape(scores)}"
+            )
+        arrays["fraud_probability"] = np.asarray(scores, dtype=np.float64)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 

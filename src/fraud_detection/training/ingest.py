@@ -1,4 +1,4 @@
-"""Ingestion: transactions from files (or globs) or from a Kafka topic, into one frame.
+"""Ingestion: transactions from files (or globs), from a Kafka topic, or both, into one frame.
 
 Files are CSV, CSV.gz or Parquet in the canonical or the handbook schema
 (:mod:`fraud_detection.data.files`). A Kafka topic is read with a bound
@@ -81,26 +81,30 @@ def ingest(
     kafka_topic: str = "",
     kafka_max_records: int = 0,
 ) -> tuple[pd.DataFrame, str]:
-    """Read from the files, or from Kafka when a topic is given; return the frame and its source
-    (the files read, or the topic).
+    """Read the files and the Kafka topic that are given; return one frame and its source (the
+    files read and the topic).
 
-    Exactly one source must be given. An empty result is an error.
+    Both together are the usual input of a retraining run: the history in files, and the
+    transactions labelled since, from the topic they are published to. At least one source
+    must be given; an empty result is an error.
     """
     paths = [str(path) for path in paths if str(path).strip()]
-    if paths and kafka_topic:
-        raise IngestError("give either data files or a Kafka topic, not both")
+    if not paths and not kafka_topic:
+        raise IngestError("no input: give data files (or globs) or a Kafka topic")
+    frames, sources = [], []
+    if paths:
+        frame, files = read_files(paths)
+        frames.append(frame)
+        sources.append(", ".join(files))
     if kafka_topic:
         if not kafka_bootstrap:
             from fraud_detection.streaming.kafka import resolve_bootstrap
 
             kafka_bootstrap = resolve_bootstrap(None)
-        frame = read_kafka(kafka_bootstrap, kafka_topic, kafka_max_records)
-        source = f"kafka:{kafka_topic}@{kafka_bootstrap}"
-    elif paths:
-        frame, files = read_files(paths)
-        source = ", ".join(files)
-    else:
-        raise IngestError("no input: give data files (or globs) or a Kafka topic")
+        frames.append(read_kafka(kafka_bootstrap, kafka_topic, kafka_max_records))
+        sources.append(f"kafka:{kafka_topic}@{kafka_bootstrap}")
+    source = " + ".join(sources)
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, sort=False)
     if frame.empty:
         raise IngestError(f"{source}: no transactions (the input is empty)")
     return frame, source

@@ -21,58 +21,18 @@ computed by the evaluation, the report only lays it out:
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-td, th { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
-.passed { color: #1a7f37; font-weight: bold; } .failed { color: #c62828; font-weight: bold; }
-.note { color: #555; font-size: 0.92em; }
-img { max-width: 100%; display: block; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr));
-        gap: 1.5em 1.5em; align-items: start; }
-.grid figure { margin: 0; }
-.grid figcaption { font-size: 0.92em; color: #444; margin-top: 0.3em; line-height: 1.35; }
-"""
+from fraud_detection.html_report import CHART_HEIGHT as _HEIGHT
+from fraud_detection.html_report import html_figure, html_page
+from fraud_detection.html_report import html_table as _table
+from fraud_detection.html_report import render_chart as _render
 
-#: Font sizes (points) of every chart: nothing below 9 pt.
-_FONTS = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "xtick.labelsize": 9.5,
-    "ytick.labelsize": 9.5,
-    "legend.fontsize": 9.5,
-}
-_WIDTH = 6.4
-_HEIGHT = 4.4
 _OPERATING = "#d62728"
-
-
-def _render(draw: Callable[[Any], None], height: float = _HEIGHT) -> str:
-    """Draw a one-axes figure with the report's fonts; return it as a base64 ``data:`` URI."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context(_FONTS):
-        figure, axes = plt.subplots(figsize=(_WIDTH, height))
-        try:
-            draw(axes)
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        finally:
-            plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _threshold(evaluation: Mapping[str, Any]) -> float:
@@ -250,15 +210,6 @@ def cost_chart(evaluation: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- text
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -574,21 +525,13 @@ def render_report(
 
     parts.append("<div class='grid'>")
     for alt, uri, caption in _charts(evaluation):
-        parts.append(
-            f"<figure><img alt='{html.escape(alt)}' src='{uri}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+        parts.append(html_figure(alt, uri, caption))
     parts.append("</div>")
     training = evaluation.get("training") or {}
     if training:
         parts.append("<h2>Training</h2>")
         parts.append(_table(training_rows(training), ("field", "value")))
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        + "\n".join(parts)
-        + "</body></html>"
-    )
+    return html_page(title, parts)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

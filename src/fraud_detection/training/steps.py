@@ -14,6 +14,7 @@ metrics). They are just as callable from tests or a notebook. Formats between st
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ from fraud_detection.schema import (
     TRANSACTION_ID,
     flag_scores,
 )
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
 TRAINING_FILE = "training.json"
@@ -425,8 +428,15 @@ def export_step(
     drift_reference_size: int = 5000,
     seed: int = 42,
     created_at: datetime | None = None,
+    trigger_reason: str = "manual",
 ) -> dict[str, Any]:
     """Write the bundle: joblib and ONNX models (checked), feature state, drift reference, manifest.
+
+    The drift reference is drawn from the test rows past the data's warm-up, scored by the model
+    (:func:`~fraud_detection.training.export.draw_drift_reference`); how it was drawn goes into
+    the manifest's ``parameters["drift_reference"]``, and a reference too short for the monitor
+    is logged as a warning. The manifest also records ``trigger_reason`` and the time span of the
+    rows trained and tested on (``data_start``, ``data_end``).
 
     Raises :class:`~fraud_detection.training.export.OnnxParityError` when the ONNX model's
     probabilities differ from scikit-learn's by more than 1e-5 on the test set.
@@ -441,12 +451,14 @@ def export_step(
         verify_bundle,
         write_manifest,
     )
-    from fraud_detection.training.dataset import SPLIT_COLUMN, TEST, TRAIN, feature_matrix
+    from fraud_detection.features import timestamps_to_micros
+    from fraud_detection.training.dataset import SPLIT_COLUMN, TEST, feature_matrix
     from fraud_detection.training.export import (
         check_onnx_parity,
         convert_to_onnx,
-        drift_reference,
+        draw_drift_reference,
         feature_state_snapshot,
+        iso_utc,
         library_versions,
         model_version,
         save_drift_reference,
@@ -457,8 +469,8 @@ def export_step(
     training = read_json(model_dir / TRAINING_FILE)
     evaluation = read_json(evaluation_path)
     table = pd.read_parquet(table_path)
+    dataset = pd.read_parquet(dataset_path)
     test_features, _ = feature_matrix(table[table[SPLIT_COLUMN] == TEST])
-    train_features, _ = feature_matrix(table[table[SPLIT_COLUMN] == TRAIN])
 
     onnx_bytes = convert_to_onnx(model)
     expected = model.predict_proba(test_features)[:, 1]
@@ -467,9 +479,21 @@ def export_step(
     bundle_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_dir / MODEL_FILE, bundle_dir / MODEL_JOBLIB)
     (bundle_dir / MODEL_ONNX).write_bytes(onnx_bytes)
-    feature_state_snapshot(pd.read_parquet(dataset_path)).save(bundle_dir / FEATURE_STATE)
-    reference = drift_reference(train_features, drift_reference_size, seed)
-    save_drift_reference(bundle_dir / DRIFT_REFERENCE, reference)
+    feature_state_snapshot(dataset).save(bundle_dir / FEATURE_STATE)
+    table_times = timestamps_to_micros(table[TIMESTAMP])
+    all_features, _ = feature_matrix(table)
+    reference = draw_drift_reference(
+        all_features,
+        table_times,
+        (table[SPLIT_COLUMN] == TEST).to_numpy(),
+        lambda rows: model.predict_proba(rows)[:, 1],
+        drift_reference_size,
+        seed,
+        data_start=int(timestamps_to_micros(dataset[TIMESTAMP]).min()),
+    )
+    save_drift_reference(bundle_dir / DRIFT_REFERENCE, reference.features, reference.scores)
+    for warning in reference.warnings:
+        log.warning("drift reference: %s", warning)
 
     created = created_at or datetime.now(UTC)
     metrics = {
@@ -492,11 +516,15 @@ def export_step(
                 **training["params"],
                 "split": training["split"],
                 "threshold": evaluation["metrics"]["threshold"],
-                "drift_reference_size": len(reference),
+                "drift_reference_size": drift_reference_size,
+                "drift_reference": {**reference.describe(), "seed": seed},
                 "fit": training["fit"],
             }
         ),
         metrics=_jsonable(metrics),
+        trigger_reason=trigger_reason,
+        data_start=iso_utc(table_times.min()),
+        data_end=iso_utc(table_times.max()),
     )
     write_manifest(bundle_dir, manifest)
     verify_bundle(bundle_dir)
@@ -504,7 +532,12 @@ def export_step(
         "model_version": manifest.model_version,
         "files": manifest.files,
         "onnx_max_abs_difference": onnx_difference,
-        "drift_reference_rows": len(reference),
+        "drift_reference_rows": reference.rows,
+        "drift_reference_days": reference.days,
+        "drift_reference_warnings": list(reference.warnings),
+        "trigger_reason": trigger_reason,
+        "data_start": manifest.data_start,
+        "data_end": manifest.data_end,
     }
 
 

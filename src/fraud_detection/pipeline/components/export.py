@@ -10,11 +10,14 @@ def export(
     evaluation: Input[Artifact],
     drift_reference_size: int,
     seed: int,
+    trigger_reason: str,
     bundle: Output[Model],
 ):
     """Write the bundle directory: model.joblib (KServe sklearn runtime), model.onnx (fails the
     run if it differs from scikit-learn by more than 1e-5 on the test set), the online
-    feature-state snapshot, a drift reference sample and the manifest with checksums."""
+    feature-state snapshot, the drift reference (held-out rows past the data's warm-up, with the
+    model's scores) and the manifest with checksums, the trigger reason and the data's time
+    span."""
     from fraud_detection.training.steps import export_step
 
     info = export_step(
@@ -25,10 +28,17 @@ def export(
         bundle.path,
         drift_reference_size=drift_reference_size,
         seed=seed,
+        trigger_reason=trigger_reason,
     )
     bundle.metadata.update(
         {
             "model_version": info["model_version"],
             "onnx_max_abs_difference": info["onnx_max_abs_difference"],
+            "trigger_reason": info["trigger_reason"],
+            "data_start": info["data_start"],
+            "data_end": info["data_end"],
+            "drift_reference_rows": info["drift_reference_rows"],
+            "drift_reference_days": info["drift_reference_days"],
+            "drift_reference_warnings": info["drift_reference_warnings"],
         }
     )

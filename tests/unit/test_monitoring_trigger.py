@@ -1,0 +1,412 @@
+"""The retraining policy (:mod:`fraud_detection.monitoring.trigger`): rules, debouncing, reasons."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fraud_detection.monitoring.trigger import (
+    Decision,
+    DriftResult,
+    PerformanceResult,
+    Result,
+    ResultRecordError,
+    ServedModel,
+    TriggerConfig,
+    TriggerState,
+    decide,
+    parse_result,
+    run_finished,
+    run_started,
+)
+from fraud_detection.monitoring.trigger_runner import (
+    FileSource,
+    LocalRunOptions,
+    event_record,
+    last_started,
+    pipeline_run_command,
+)
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+CONFIG = TriggerConfig()
+
+
+def drift(
+    i: int, is_drift: bool, version: str = "v1", tested: bool = True, drifted: Iterable[str] = ()
+) -> DriftResult:
+    """The i-th drift window of ``version``: an hour long, ending i hours after T0."""
+    return DriftResult(
+        window_id=f"{version}:fraud-detector-requests:0:{i * 1000}-{i * 1000 + 999}",
+        model_version=version,
+        start=T0 + timedelta(hours=i - 1),
+        end=T0 + timedelta(hours=i),
+        tested=tested,
+        is_drift=is_drift,
+        drifted=tuple(drifted) if is_drift else (),
+    )
+
+
+def perf(
+    day: int,
+    below: bool,
+    revision: int = 0,
+    complete: bool = True,
+    recall: float = 0.61,
+    version: str = "v1",
+) -> PerformanceResult:
+    """The performance window of ``day`` (a day long) against a baseline recall of 0.80."""
+    start = T0 + timedelta(days=day)
+    return PerformanceResult(
+        window_id=f"{version}:performance:{start.isoformat()}",
+        model_version=version,
+        start=start,
+        end=start + timedelta(days=1),
+        complete=complete,
+        revision=revision,
+        below_baseline=below,
+        recall=recall,
+        precision=0.3,
+        f1=0.4,
+        baseline={"recall": 0.80, "precision": 0.3, "f1": 0.4},
+        tolerance=0.05,
+    )
+
+
+def feed(
+    results: Iterable[Result],
+    state: TriggerState | None = None,
+    config: TriggerConfig = CONFIG,
+    served: ServedModel | None = None,
+) -> tuple[TriggerState, list[Decision | None]]:
+    state = state or TriggerState()
+    decisions = []
+    for result in results:
+        state, decision = decide(state, result, config, served)
+        decisions.append(decision)
+    return state, decisions
+
+
+# ------------------------------------------------------------------------------ drift
+def test_drift_fires_on_the_kth_drifting_window_of_the_last_m() -> None:
+    pattern = [True, False, True, False, True]
+    results = [drift(i, d, drifted=["log_amount"]) for i, d in enumerate(pattern, 1)]
+    _, decisions = feed(results)
+    assert decisions[:4] == [None] * 4
+    last = decisions[4]
+    assert last is not None and last.fired and last.rules == ("drift",)
+    assert last.reason == "drift: 3 of the last 5 windows (log_amount)"
+    assert last.at == T0 + timedelta(hours=5)
+    assert last.model_version == "v1"
+
+
+def test_drift_windows_older_than_the_last_m_do_not_count() -> None:
+    pattern = [True, True, False, False, False, True, False]
+    _, decisions = feed(drift(i, d) for i, d in enumerate(pattern, 1))
+    assert decisions == [None] * len(pattern)
+
+
+def test_untested_windows_are_ignored() -> None:
+    results = [
+        drift(1, True),
+        drift(2, False, tested=False),
+        drift(3, False, tested=False),
+        drift(4, False, tested=False),
+        drift(5, True),
+        drift(6, False, tested=False),
+        drift(7, True, drifted=["amt_deviation"]),
+    ]
+    _, decisions = feed(results)
+    assert decisions[-1] is not None and decisions[-1].fired
+    assert decisions[-1].reason == "drift: 3 of the last 3 windows (amt_deviation)"
+    assert decisions[:-1] == [None] * 6
+
+
+def test_a_duplicated_window_counts_once() -> None:
+    first = drift(1, True)
+    _, decisions = feed([first, first, first, drift(2, True)])
+    assert decisions == [None] * 4
+
+
+def test_the_reason_names_the_drifted_columns_sorted_and_caps_them() -> None:
+    results = [
+        drift(1, True, drifted=["log_amount", "amt_deviation"]),
+        drift(2, True, drifted=["fraud_probability"]),
+        drift(3, True, drifted=["hour", "card_count_1d", "log_amount"]),
+    ]
+    _, decisions = feed(results)
+    last = decisions[-1]
+    assert last is not None
+    assert last.reason == (
+        "drift: 3 of the last 3 windows (amt_deviation, card_count_1d, fraud_probability, "
+        "hour, +1 more)"
+    )
+
+
+# ------------------------------------------------------------------------------ versions
+def test_a_new_version_in_the_results_resets_the_history() -> None:
+    state, decisions = feed([drift(1, True), drift(2, True)])
+    state, decisions = feed([drift(3, True, version="v2"), drift(4, True, version="v2")], state)
+    assert decisions == [None, None]
+    assert state.model == ServedModel("v2") and "v1" in state.retired
+    # Late results of the retired version neither count nor switch back.
+    state, decisions = feed([drift(5, True), drift(6, True)], state)
+    assert decisions == [None, None] and state.model == ServedModel("v2")
+    state, decisions = feed([drift(7, True, version="v2")], state)
+    assert decisions[0] is not None and decisions[0].model_version == "v2"
+
+
+def test_only_the_served_version_counts_when_the_server_is_known() -> None:
+    served = ServedModel("v1")
+    mixed = [drift(i, True, version="canary") for i in range(1, 6)]
+    state, decisions = feed(mixed, served=served)
+    assert decisions == [None] * 5 and state.drift == ()
+    assert state.clock == T0 + timedelta(hours=5)  # other versions still move the clock
+    state, decisions = feed([drift(i, True) for i in (6, 7, 8)], state, served=served)
+    assert decisions[-1] is not None and decisions[-1].fired
+    state, _ = feed([drift(9, True)], state, served=ServedModel("v2"))
+    assert state.drift == () and state.model == ServedModel("v2")
+
+
+# ------------------------------------------------------------------------------ performance
+def test_performance_fires_on_perf_k_complete_windows_below_the_baseline() -> None:
+    _, decisions = feed([perf(0, True), perf(1, False), perf(2, True, recall=0.58)])
+    assert decisions[:2] == [None, None]
+    last = decisions[2]
+    assert last is not None and last.fired and last.rules == ("performance",)
+    assert last.reason == (
+        "performance: recall 0.58 < baseline 0.80 - 0.05 in 2 of the last 3 windows"
+    )
+
+
+def test_incomplete_windows_do_not_count() -> None:
+    _, decisions = feed([perf(0, True, complete=False), perf(1, True, complete=False)])
+    assert decisions == [None, None]
+
+
+def test_a_later_revision_supersedes_and_an_older_one_is_ignored() -> None:
+    state, decisions = feed([perf(0, True), perf(1, True, revision=0, complete=False)])
+    assert decisions == [None, None]
+    # Window 1 completes, still below: the rule holds.
+    state, decisions = feed([perf(1, True, revision=1)], state)
+    assert decisions[0] is not None and decisions[0].fired
+    # A later revision of window 1 finds it fine after more labels: the rule no longer holds.
+    state, decisions = feed([perf(1, False, revision=2, recall=0.85)], state)
+    assert decisions == [None]
+    # A stale revision arriving late changes nothing.
+    state, decisions = feed([perf(1, True, revision=1)], state)
+    assert decisions == [None]
+    assert [w.revision for w in state.performance] == [0, 2]
+
+
+def test_windows_are_ordered_by_their_start_not_by_arrival() -> None:
+    # Days 3 and 4 are fine; day 0 and 1 (below) arrive last but are older than the last three.
+    results = [perf(2, True), perf(3, False), perf(4, False), perf(0, True), perf(1, True)]
+    _, decisions = feed(results)
+    assert decisions == [None] * 5
+
+
+# ------------------------------------------------------------------------------ schedule
+def test_schedule_fires_when_the_model_data_is_older_than_the_limit() -> None:
+    served = ServedModel("v1", data_end=T0 - timedelta(days=30))
+    _, decisions = feed([drift(1, False)], served=served)  # 30 days and 1 hour: older
+    assert decisions[0] is not None and decisions[0].rules == ("schedule",)
+    assert decisions[0].reason == "schedule: model data 30 days old"
+    young = ServedModel("v1", data_end=T0 - timedelta(days=29))
+    _, decisions = feed([drift(1, False)], served=young)
+    assert decisions == [None]
+    _, decisions = feed([drift(1, False)], served=ServedModel("v1"))  # data_end unknown
+    assert decisions == [None]
+
+
+def test_several_rules_give_one_reason_in_rule_order() -> None:
+    served = ServedModel("v1", data_end=T0 - timedelta(days=40))
+    results = [perf(0, True), perf(1, True), drift(30, True), drift(31, True), drift(32, True)]
+    _, decisions = feed(results, served=served)
+    last = decisions[-1]
+    assert last is not None and last.rules == ("performance", "drift", "schedule")
+    assert last.reason.startswith("performance: recall 0.61")
+    assert (
+        "; drift: 3 of the last 3 windows; schedule: model data 42 days old" in last.reason
+    )  # clock: day 2 ends
+
+
+# ------------------------------------------------------------------------------ debouncing
+def test_a_run_in_flight_suppresses_and_the_cool_down_then_holds() -> None:
+    config = TriggerConfig(drift_k=1, drift_m=1, cool_down_days=7)
+    state, (first,) = feed([drift(1, True)], config=config)
+    assert first is not None and first.fired
+    state = run_started(state, first, "retrain-1")
+    state, (second,) = feed([drift(2, True)], state, config)
+    assert second is not None and second.suppressed_by == "in_flight"
+    assert second.reason == first.reason
+    state = run_finished(state)
+    state, (third,) = feed([drift(3, True)], state, config)
+    assert third is not None and third.suppressed_by == "cool_down"
+    # Seven days of stream time after the start (T0 + 1 h), a run may start again.
+    before = drift(7 * 24, True)
+    state, (fourth,) = feed([before], state, config)
+    assert fourth is not None and fourth.suppressed_by == "cool_down"
+    state, (fifth,) = feed([drift(7 * 24 + 1, True)], state, config)
+    assert fifth is not None and fifth.fired
+
+
+def test_the_in_flight_run_survives_a_version_switch() -> None:
+    config = TriggerConfig(drift_k=1, drift_m=1, cool_down_days=0)
+    state, (first,) = feed([drift(1, True)], config=config)
+    assert first is not None
+    state = run_started(state, first, "retrain-1")
+    state, (second,) = feed([drift(2, True, version="v2")], state, config)
+    assert second is not None and second.suppressed_by == "in_flight"
+    assert second.model_version == "v2"
+
+
+def test_the_stream_clock_never_goes_back() -> None:
+    state, _ = feed([drift(5, False), drift(2, False)])
+    assert state.clock == T0 + timedelta(hours=5)
+
+
+# ------------------------------------------------------------------------------ records
+def drift_record(**changes: Any) -> dict[str, Any]:
+    record = {
+        "kind": "feature_drift",
+        "window_id": "v1:t:0:0-999",
+        "model_version": "v1",
+        "start": "2026-03-02T00:00:00.000000Z",
+        "end": "2026-03-02T01:00:00.000000Z",
+        "tested": True,
+        "is_drift": True,
+        "drifted": ["log_amount"],
+        "score": None,
+    }
+    record.update(changes)
+    return record
+
+
+def test_a_drift_record_is_parsed() -> None:
+    result = parse_result(json.dumps(drift_record()).encode())
+    assert result == DriftResult(
+        "v1:t:0:0-999",
+        "v1",
+        T0,
+        T0 + timedelta(hours=1),
+        tested=True,
+        is_drift=True,
+        drifted=("log_amount",),
+    )
+
+
+def test_a_performance_record_is_parsed() -> None:
+    record = {
+        "kind": "performance",
+        "window_id": "v1:performance:2026-03-02T00:00:00Z",
+        "model_version": "v1",
+        "start": "2026-03-02T00:00:00Z",
+        "end": "2026-03-03T00:00:00Z",
+        "complete": True,
+        "revision": 2,
+        "recall": 0.5,
+        "precision": 0.2,
+        "f1": None,
+        "baseline": None,
+        "tolerance": 0.05,
+        "below_baseline": False,
+    }
+    result = parse_result(record)
+    assert isinstance(result, PerformanceResult)
+    assert result.revision == 2 and result.recall == 0.5 and result.f1 is None
+    assert result.baseline == {} and result.end == T0 + timedelta(days=1)
+
+
+def test_other_kinds_are_not_results() -> None:
+    assert parse_result({"kind": "retrain", "event": "started"}) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "named"),
+    [
+        (b"{not json", "not_json", "not JSON"),
+        (b"[1, 2]", "not_an_object", "list"),
+        (drift_record(tested=None), "bad_field", "tested"),
+        ({k: v for k, v in drift_record().items() if k != "end"}, "missing_field", "end"),
+        (drift_record(end="yesterday"), "bad_field", "end"),
+        (drift_record(drifted="log_amount"), "bad_field", "drifted"),
+        (drift_record(model_version=""), "bad_field", "model_version"),
+        (
+            {**drift_record(), "kind": "performance", "complete": True, "recall": "high"},
+            "bad_field",
+            "recall",
+        ),
+    ],
+)
+def test_bad_records_name_the_field_and_the_reason(data: Any, reason: str, named: str) -> None:
+    if isinstance(data, dict) and data.get("kind") == "performance":
+        data = {**data, "below_baseline": True}
+    with pytest.raises(ResultRecordError) as caught:
+        parse_result(data if isinstance(data, bytes | dict) else json.dumps(data))
+    assert caught.value.reason == reason
+    assert named in str(caught.value)
+
+
+def test_the_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="drift_k"):
+        TriggerConfig(drift_k=6, drift_m=5)
+    with pytest.raises(ValueError, match="cool_down_days"):
+        TriggerConfig(cool_down_days=-1)
+
+
+# ------------------------------------------------------------------------------ the shell's parts
+def test_the_file_source_returns_whole_lines_and_restarts_on_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    source = FileSource(path)
+    stop = threading.Event()
+    assert source.poll(stop, 0.0) == []  # no file yet
+    path.write_bytes(b'{"a": 1}\n{"b": ')
+    assert source.poll(stop, 0.0) == [b'{"a": 1}']
+    with path.open("ab") as handle:
+        handle.write(b"2}\n\n")
+    assert source.poll(stop, 0.0) == [b'{"b": 2}']
+    path.write_bytes(b'{"c": 3}\n')  # truncated and rewritten
+    assert source.poll(stop, 0.0) == []
+    assert source.poll(stop, 0.0) == [b'{"c": 3}']
+    source.close()
+
+
+def test_the_run_command_passes_the_reason_the_data_and_the_recent_split(tmp_path: Path) -> None:
+    options = LocalRunOptions(
+        runs_dir=tmp_path,
+        registry=tmp_path / "registry",
+        data=("/data/a.parquet", "/data/b.csv"),
+        params=("n_estimators=30", "train_days=14"),
+        python="python",
+    )
+    command = pipeline_run_command(options, tmp_path / "run", "drift: 3 of the last 5 windows")
+    text = " ".join(command)
+    assert command[:5] == ["python", "-m", "fraud_detection", "pipeline", "run"]
+    assert command[command.index("--reason") + 1] == "drift: 3 of the last 5 windows"
+    assert "--data /data/a.parquet --data /data/b.csv" in text
+    assert "--split temporal" in text and "--kafka-topic" not in text
+    # The user's parameters come after the default, so they win.
+    assert text.index("train_days=28") < text.index("train_days=14")
+    topic = LocalRunOptions(runs_dir=tmp_path, kafka_topic="transactions", kafka_bootstrap="h:1")
+    text = " ".join(pipeline_run_command(topic, tmp_path / "run", "r"))
+    assert "--kafka-topic transactions --kafka-bootstrap h:1" in text and "--data" not in text
+
+
+def test_the_cool_down_is_read_back_from_the_events_file(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    assert last_started(path) is None
+    lines = [
+        event_record("started", T0, "drift: x", "v1", {"name": "a"}),
+        event_record("finished", T0 + timedelta(days=1), "drift: x", "v1", {"name": "a"}),
+        event_record("started", T0 + timedelta(days=9), "schedule: y", "v1", {"name": "b"}),
+        event_record("suppressed", T0 + timedelta(days=10), "schedule: y", "v1"),
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{cut short")
+    assert last_started(path) == T0 + timedelta(days=9)
+    assert lines[0]["at"] == "2026-03-02T00:00:00Z" and lines[0]["kind"] == "retrain"
