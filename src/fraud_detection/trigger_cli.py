@@ -165,6 +165,14 @@ def trigger(
     cool_down_days: Annotated[
         float, typer.Option(min=0.0, help="Stream days after a run starts before another.")
     ] = 7.0,
+    drift_wait_days: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Drift fires only once it has lasted this many stream days (0: at once), so "
+            "that labelled drifted traffic is in the run's data.",
+        ),
+    ] = 0.0,
     metrics_port: Annotated[
         int, typer.Option(help="Port of /metrics (Prometheus); 0 for none.")
     ] = DEFAULT_METRICS_PORT,
@@ -187,6 +195,7 @@ def trigger(
             perf_m=perf_m,
             max_model_age_days=max_model_age_days,
             cool_down_days=cool_down_days,
+            drift_wait_days=drift_wait_days,
         )
     except ValueError as exc:
         raise _usage(f"--{str(exc).replace('_', '-')}") from exc

@@ -15,9 +15,14 @@ new model was promoted, or rolled back), the history starts again. The rules, ch
 result (:func:`decide`):
 
 * **drift**: at least ``drift_k`` of the last ``drift_m`` *tested* drift windows found drift
-  (a window with too few records is not tested and does not count either way);
+  (a window with too few records is not tested and does not count either way), and, with
+  ``drift_wait_days``, the drift has lasted that long (stream time since the first drifting
+  window of the episode);
 * **performance**: at least ``perf_k`` of the last ``perf_m`` *complete* performance windows are
-  below the baseline minus the tolerance (windows still waiting for labels do not count);
+  below the baseline minus the tolerance (windows still waiting for labels do not count), and
+  the drop is beyond chance: pooled over those windows, even the upper end of the ``confidence``
+  interval of recall (Wilson), or of F1 (from the upper ends of recall and precision), lies
+  below the baseline minus the tolerance;
 * **schedule**: the served model's training data ends more than ``max_model_age_days`` before
   the stream's time (the monthly retraining).
 
@@ -94,6 +99,9 @@ class PerformanceResult:
     f1: float | None = None
     baseline: Mapping[str, float] = field(default_factory=dict)
     tolerance: float | None = None
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
 
 
 Result = DriftResult | PerformanceResult
@@ -202,7 +210,18 @@ def _performance(record: Mapping[str, Any]) -> PerformanceResult:
         f1=_number(record.get("f1"), "f1"),
         baseline=baseline,
         tolerance=_number(record.get("tolerance"), "tolerance"),
+        tp=_count(record, "tp"),
+        fp=_count(record, "fp"),
+        fn=_count(record, "fn"),
     )
+
+
+def _count(record: Mapping[str, Any], name: str) -> int:
+    """A non-negative count of the record (0 when absent)."""
+    value = record.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ResultRecordError("bad_field", f"{name}: must be a count >= 0, got {value!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------ the policy
@@ -220,12 +239,25 @@ class TriggerConfig:
     ``drift_k`` of ``drift_m`` (3 of 5): a drift window is flagged by chance in about 4 % of
     i.i.d. windows; three of five is then rare by chance (≈ 0.06 % of positions), while a
     shift that lasts fires within three windows.
+
+    ``drift_wait_days`` (0: fire at once): a run started the moment inputs drift trains on
+    labels of the traffic before the drift (labels arrive days late), so it cannot learn what
+    changed, and its drift reference still describes the old traffic. Waiting for the label
+    delay plus a few days puts labelled drifted traffic in the run's training and test data;
+    the performance rule still fires meanwhile if the model's results fall.
+
+    ``confidence`` (0.95): even then, a day holds so few frauds that two low days in three
+    happen by chance every few weeks; the rule also asks that the windows' pooled recall or F1
+    be below the baseline minus the tolerance beyond chance (the upper end of its interval),
+    so a retraining on performance needs evidence, not a point estimate.
     """
 
     drift_k: int = 3
     drift_m: int = 5
     perf_k: int = 2
     perf_m: int = 3
+    confidence: float = 0.95
+    drift_wait_days: float = 0.0
     max_model_age_days: float = 30.0
     cool_down_days: float = 7.0
 
@@ -239,7 +271,9 @@ class TriggerConfig:
             )
         if self.perf_k > self.perf_m:
             raise ValueError(f"perf_k: must be at most perf_m ({self.perf_m}), got {self.perf_k}")
-        for name in ("max_model_age_days", "cool_down_days"):
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence: must be in (0, 1), got {self.confidence}")
+        for name in ("max_model_age_days", "cool_down_days", "drift_wait_days"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
@@ -285,6 +319,8 @@ class TriggerState:
         performance: the latest revision of each recent performance window of ``model``,
             ordered by window start.
         clock: the stream's time: the latest result ``end`` seen.
+        drift_since: the start of the first drifting window of the drift episode under way
+            (the drift rule's windows hold since then), or None.
         in_flight: the run in flight, if any.
         last_started: stream time at which the last run started.
     """
@@ -294,6 +330,7 @@ class TriggerState:
     drift: tuple[DriftResult, ...] = ()
     performance: tuple[PerformanceResult, ...] = ()
     clock: datetime | None = None
+    drift_since: datetime | None = None
     in_flight: InFlight | None = None
     last_started: datetime | None = None
 
@@ -329,7 +366,14 @@ def switch_model(state: TriggerState, model: ServedModel) -> TriggerState:
     if state.model is not None and state.model.version == model.version:
         return state if state.model == model else replace(state, model=model)
     retired = state.retired | {state.model.version} if state.model is not None else state.retired
-    return replace(state, model=model, retired=retired - {model.version}, drift=(), performance=())
+    return replace(
+        state,
+        model=model,
+        retired=retired - {model.version},
+        drift=(),
+        performance=(),
+        drift_since=None,
+    )
 
 
 def decide(
@@ -367,7 +411,14 @@ def _remember(state: TriggerState, result: Result, config: TriggerConfig) -> Tri
             kept = [result if w.window_id == result.window_id else w for w in state.drift]
         else:
             kept.append(result)
-        return replace(state, drift=tuple(kept[-config.drift_m :]))
+        recent = tuple(kept[-config.drift_m :])
+        drifting = [w.start for w in recent if w.is_drift]
+        since = state.drift_since
+        if len(drifting) < config.drift_k:
+            since = None
+        elif since is None:
+            since = min(drifting)
+        return replace(state, drift=recent, drift_since=since)
     windows = {w.window_id: w for w in state.performance}
     known = windows.get(result.window_id)
     if known is not None and known.revision >= result.revision:
@@ -389,7 +440,7 @@ def _check(state: TriggerState, config: TriggerConfig) -> Decision | None:
     assert state.model is not None and state.clock is not None
     reasons = {
         "performance": performance_reason(state.performance, config),
-        "drift": drift_reason(state.drift, config),
+        "drift": drift_reason(state.drift, config, state.drift_since, state.clock),
         "schedule": schedule_reason(state.model, state.clock, config),
     }
     held = tuple(rule for rule in RULES if reasons[rule] is not None)
@@ -409,36 +460,85 @@ def _check(state: TriggerState, config: TriggerConfig) -> Decision | None:
     )
 
 
-def drift_reason(windows: tuple[DriftResult, ...], config: TriggerConfig) -> str | None:
-    """``drift: 3 of the last 5 windows (amt_deviation, log_amount)`` when the rule holds."""
+def drift_reason(
+    windows: tuple[DriftResult, ...],
+    config: TriggerConfig,
+    since: datetime | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """``drift: 3 of the last 5 windows (amt_deviation, log_amount)`` when the rule holds
+    (with ``drift_wait_days``, ``... since <time>`` once the drift has lasted that long)."""
     recent = windows[-config.drift_m :]
     drifting = [w for w in recent if w.is_drift]
     if len(drifting) < config.drift_k:
         return None
+    lasted = ""
+    if config.drift_wait_days > 0:
+        if since is None or now is None or now - since < timedelta(days=config.drift_wait_days):
+            return None
+        lasted = f" since {since.strftime('%Y-%m-%d %H:%M')}"
     columns = sorted({name for w in drifting for name in w.drifted})
     named = columns[:MAX_NAMED_COLUMNS]
     if len(columns) > len(named):
         named.append(f"+{len(columns) - len(named)} more")
     suffix = f" ({', '.join(named)})" if named else ""
-    return f"drift: {len(drifting)} of the last {len(recent)} windows{suffix}"
+    return f"drift: {len(drifting)} of the last {len(recent)} windows{suffix}{lasted}"
 
 
 def performance_reason(windows: tuple[PerformanceResult, ...], config: TriggerConfig) -> str | None:
-    """``performance: recall 0.61 < baseline 0.80 - 0.05 in 2 of the last 3 windows`` when the
-    rule holds (the metrics named are the latest low window's)."""
+    """``performance: recall 0.61 (at most 0.68) < baseline 0.80 - 0.05 over the last 3
+    windows (2 below, 150 frauds)`` when the rule holds (see the module docstring)."""
     recent = [w for w in windows if w.complete][-config.perf_m :]
     below = [w for w in recent if w.below_baseline]
     if len(below) < config.perf_k:
         return None
-    latest = below[-1]
+    latest = recent[-1]
     tolerance = latest.tolerance or 0.0
+    pooled = pooled_performance(recent, config.confidence)
     parts = []
     for name in PERFORMANCE_METRICS:
-        value, baseline = getattr(latest, name), latest.baseline.get(name)
-        if value is not None and baseline is not None and value < baseline - tolerance:
-            parts.append(f"{name} {value:.2f} < baseline {baseline:.2f} - {tolerance:.2f}")
-    what = ", ".join(parts) or "below baseline"
-    return f"performance: {what} in {len(below)} of the last {len(recent)} windows"
+        value, high = pooled[name]
+        baseline = latest.baseline.get(name)
+        if value is not None and baseline is not None and high < baseline - tolerance:
+            parts.append(
+                f"{name} {value:.2f} (at most {high:.2f}) < baseline {baseline:.2f} - "
+                f"{tolerance:.2f}"
+            )
+    if not parts:
+        return None
+    frauds = sum(w.tp + w.fn for w in recent)
+    return (
+        f"performance: {', '.join(parts)} over the last {len(recent)} windows "
+        f"({len(below)} below, {frauds} frauds)"
+    )
+
+
+def pooled_performance(
+    windows: list[PerformanceResult], confidence: float
+) -> dict[str, tuple[float | None, float]]:
+    """Recall and F1 of the windows' pooled counts, each with the upper end of its
+    ``confidence`` interval: Wilson for recall; for F1, the F1 of the upper ends of recall and
+    precision (F1 grows with both, so no F1 within the interval is higher)."""
+    from fraud_detection.training.evaluate import wilson_interval
+
+    tp = sum(w.tp for w in windows)
+    fp = sum(w.fp for w in windows)
+    fn = sum(w.fn for w in windows)
+    recall = tp / (tp + fn) if tp + fn else None
+    precision = tp / (tp + fp) if tp + fp else None
+    recall_high = wilson_interval(tp, tp + fn, confidence)[1]
+    precision_high = wilson_interval(tp, tp + fp, confidence)[1]
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if recall is not None and precision is not None and precision + recall > 0
+        else None
+    )
+    f1_high = (
+        2 * precision_high * recall_high / (precision_high + recall_high)
+        if precision_high + recall_high > 0
+        else 0.0
+    )
+    return {"recall": (recall, recall_high), "f1": (f1, f1_high)}
 
 
 def schedule_reason(model: ServedModel, now: datetime, config: TriggerConfig) -> str | None:

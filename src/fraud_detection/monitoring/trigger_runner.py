@@ -22,7 +22,8 @@ A decision that fires starts a run:
   until it ends.
 
 At most one run is in flight. Every decision (fired or suppressed) and every run's end is logged,
-counted (:class:`TriggerMetrics`) and written as an event record (:func:`event_record`) to the
+counted (:class:`TriggerMetrics`) and written as an event record (:func:`event_record`; a
+suppression repeating the previous one, same rules and same cause, only counted) to the
 events file and to the results topic (``kind: "retrain"``, which the policy ignores when it reads
 it back). The cool-down survives a restart: the last ``started`` event of the events file is read
 back when the trigger starts.
@@ -719,6 +720,9 @@ class RetrainTrigger:
         self.poll_timeout_s = poll_timeout_s
         self.on_event = on_event
         self.running: RunningRun | None = None
+        # What the last suppressed event said (rules, by what), so that a rule holding through a
+        # cool-down is written once, not once per result; reset when a run starts or ends.
+        self._suppressed: tuple[tuple[str, ...], str | None] | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Handle results and watch the run in flight until ``stop`` is set, then stop."""
@@ -763,6 +767,11 @@ class RetrainTrigger:
     def _act(self, decision: Decision) -> None:
         self.metrics.decided(decision)
         if not decision.fired:
+            said = (decision.rules, decision.suppressed_by)
+            if said == self._suppressed:
+                log.debug("still suppressed (%s): %s", decision.suppressed_by, decision.reason)
+                return
+            self._suppressed = said
             log.info("suppressed (%s): %s", decision.suppressed_by, decision.reason)
             run = self.running.handle.describe() if self.running is not None else None
             self._emit(
@@ -780,6 +789,7 @@ class RetrainTrigger:
         from fraud_detection.pipeline.parameters import MAX_REASON_LENGTH
 
         reason = decision.reason[:MAX_REASON_LENGTH]
+        self._suppressed = None
         try:
             handle = self.launcher.start(reason)
         except Exception as exc:  # the cool-down applies anyway: no retry storm
@@ -830,6 +840,7 @@ class RetrainTrigger:
         assert self.running is not None
         handle, decision = self.running.handle, self.running.decision
         self.running = None
+        self._suppressed = None
         self.state = run_finished(self.state)
         self.metrics.finished.labels(outcome=end.outcome).inc()
         self.metrics.in_flight.set(0)
