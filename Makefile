@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 CODE := $(wildcard src tests benchmarks components pipelines kserve drift)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-unit lint format demo serve pipeline-yaml bench clean
+.PHONY: help install lock test test-unit lint format demo demo-score serve pipeline-yaml bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,7 +44,10 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
 
-demo: install ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions
+demo: install ## The whole loop on generated data: train, serve, replay with delayed labels, monitor, retrain on drift, promote (about 6 minutes)
+	$(FRAUD) demo --out $(DEMO_DIR)
+
+demo-score: install ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions (about 2 minutes)
 	$(FRAUD) generate --out $(DEMO_DIR)/transactions.parquet --transactions 200000 --cards 4000 --days 60 \
 		--holdout-days 2 --holdout-out $(DEMO_DIR)/holdout.parquet
 	$(FRAUD) validate $(DEMO_DIR)/transactions.parquet

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.loop_demo import register as register_demo
 from fraud_detection.monitor_cli import register as register_monitor
 from fraud_detection.pipeline_cli import EXIT_INVALID_ARGUMENTS
 from fraud_detection.pipeline_cli import register as register_pipeline
@@ -236,6 +237,7 @@ register_pipeline(app)
 register_monitor(app)
 register_replay(app)
 register_trigger(app)
+register_demo(app)
 register_report(app)
 
 

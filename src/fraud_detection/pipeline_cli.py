@@ -213,7 +213,7 @@ def run(
         ),
     ] = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/run-<UTC time>).")
+        Path | None, typer.Option(help="Run directory (default runs/run-<UTC time>-<reason>).")
     ] = None,
     registry: RegistryOption = None,
     min_recall: Annotated[

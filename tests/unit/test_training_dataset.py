@@ -159,3 +159,29 @@ def test_a_test_window_without_fraud_is_refused(frame: pd.DataFrame) -> None:
     quiet.loc[last_week, LABEL] = 0
     with pytest.raises(SplitError, match="the test set has a single class"):
         build_training_table(quiet, SplitConfig(kind="temporal"))
+
+
+def test_a_temporal_drift_reference_comes_from_all_traffic_after_the_training_window(
+    frame: pd.DataFrame,
+) -> None:
+    """Live traffic carries the known-compromised cards the test set leaves out, and the gap
+    days the model never saw: the reference draws from all of them."""
+    from fraud_detection.features import timestamps_to_micros
+    from fraud_detection.training.steps import drift_reference_rows
+
+    config = SplitConfig(kind="temporal", gap_days=7, test_days=7, train_days=7)
+    table, summary = build_training_table(frame, config)
+    assert summary["test_rows_excluded_known_compromised"] > 0
+    features, times, held_out, source = drift_reference_rows(table, frame, summary)
+    stamps = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    expected = (stamps >= utc("2026-01-17")) & (stamps < utc("2026-01-31"))
+    assert held_out.tolist() == expected.tolist()
+    assert held_out.sum() > summary["test_rows"]  # the gap and the compromised cards too
+    np.testing.assert_array_equal(features, compute_features(frame).to_numpy())
+    np.testing.assert_array_equal(times, timestamps_to_micros(frame[TIMESTAMP]))
+    assert "after the training window" in source
+    # The stratified split: its test rows.
+    table, summary = build_training_table(frame, SplitConfig(test_size=0.25, seed=5))
+    _, _, held_out, source = drift_reference_rows(table, frame, summary)
+    assert held_out.tolist() == (table[SPLIT_COLUMN] == TEST).tolist()
+    assert "test split" in source

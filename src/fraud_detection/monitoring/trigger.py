@@ -242,9 +242,11 @@ class TriggerConfig:
 
     ``drift_wait_days`` (0: fire at once): a run started the moment inputs drift trains on
     labels of the traffic before the drift (labels arrive days late), so it cannot learn what
-    changed, and its drift reference still describes the old traffic. Waiting for the label
-    delay plus a few days puts labelled drifted traffic in the run's training and test data;
-    the performance rule still fires meanwhile if the model's results fall.
+    changed, and its drift reference (drawn from its test days) still describes the old
+    traffic. Drifted traffic reaches a run's test days once the drift has lasted the label
+    delay, and its training days once it has lasted the label delay plus the test days plus
+    the split's gap: wait that long for a run that learns the new traffic. The performance
+    rule still fires meanwhile if the model's results fall.
 
     ``confidence`` (0.95): even then, a day holds so few frauds that two low days in three
     happen by chance every few weeks; the rule also asks that the windows' pooled recall or F1

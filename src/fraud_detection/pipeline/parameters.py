@@ -202,8 +202,9 @@ def check_parameters(
     """Check a run's arguments; return every parameter's value (the defaults filled in).
 
     Raises :class:`ParameterError` for an unknown name, a value of the wrong type or out of
-    range, an inconsistent split (window bounds), an input that is not exactly one of data
-    files and a Kafka topic, or a ``trigger_reason`` :func:`check_trigger_reason` refuses.
+    range, an inconsistent split (window bounds), no input (neither data files nor a Kafka
+    topic; both together are one input), or a ``trigger_reason`` :func:`check_trigger_reason`
+    refuses.
     """
     number = _KINDS["Float"][1]
     # The ranges first: they need neither the pipeline's declarations (kfp) nor pandas.

@@ -177,7 +177,6 @@ class ReferenceDraw:
             "rows": self.rows,
             "requested": self.requested,
             "eligible_rows": self.eligible,
-            "source": "held-out (test) rows, scored out of sample",
             "warm_up_days_skipped": self.warm_up_days,
             "first": self.first,
             "last": self.last,

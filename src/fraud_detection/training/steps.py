@@ -481,11 +481,11 @@ def export_step(
     (bundle_dir / MODEL_ONNX).write_bytes(onnx_bytes)
     feature_state_snapshot(dataset).save(bundle_dir / FEATURE_STATE)
     table_times = timestamps_to_micros(table[TIMESTAMP])
-    all_features, _ = feature_matrix(table)
+    features, times, held_out, source = drift_reference_rows(table, dataset, training["split"])
     reference = draw_drift_reference(
-        all_features,
-        table_times,
-        (table[SPLIT_COLUMN] == TEST).to_numpy(),
+        features,
+        times,
+        held_out,
         lambda rows: model.predict_proba(rows)[:, 1],
         drift_reference_size,
         seed,
@@ -517,7 +517,7 @@ def export_step(
                 "split": training["split"],
                 "threshold": evaluation["metrics"]["threshold"],
                 "drift_reference_size": drift_reference_size,
-                "drift_reference": {**reference.describe(), "seed": seed},
+                "drift_reference": {**reference.describe(), "source": source, "seed": seed},
                 "fit": training["fit"],
             }
         ),
@@ -539,6 +539,35 @@ def export_step(
         "data_start": manifest.data_start,
         "data_end": manifest.data_end,
     }
+
+
+def drift_reference_rows(
+    table: pd.DataFrame, dataset: pd.DataFrame, split: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Where the drift reference is drawn from: features, times, the rows eligible, and a
+    description.
+
+    With the temporal split, every transaction after the training window (the gap and the test
+    window): traffic the model never saw, as live traffic is. The test set alone would not do,
+    since it leaves out the cards known to be compromised, which live traffic still carries
+    (their velocity features differ). With the stratified split, the test rows.
+    """
+    from fraud_detection.features import compute_features, timestamp_to_micros, timestamps_to_micros
+    from fraud_detection.training.dataset import SPLIT_COLUMN, TEST, feature_matrix
+
+    windows = split.get("windows") or {}
+    if split.get("kind") == "temporal" and windows.get("train_end") and windows.get("test_end"):
+        times = timestamps_to_micros(dataset[TIMESTAMP])
+        after = timestamp_to_micros(windows["train_end"])
+        until = timestamp_to_micros(windows["test_end"])
+        held_out = (times >= after) & (times < until)
+        features = compute_features(dataset).to_numpy()
+        source = "every transaction after the training window (gap and test), scored out of sample"
+        return features, times, held_out, source
+    features, _ = feature_matrix(table)
+    held_out = (table[SPLIT_COLUMN] == TEST).to_numpy()
+    source = "the test split's rows, scored out of sample"
+    return features, timestamps_to_micros(table[TIMESTAMP]), held_out, source
 
 
 # ------------------------------------------------------------------------------------- report
