@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from fraud_detection.cli_support import error_exit
 from fraud_detection.loop_demo import register as register_demo
 from fraud_detection.monitor_cli import register as register_monitor
 from fraud_detection.pipeline_cli import EXIT_INVALID_ARGUMENTS
@@ -38,8 +38,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error to stderr and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
+    return error_exit(message, code)
 
 
 def _print_version(value: bool) -> None:

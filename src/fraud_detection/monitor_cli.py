@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from fraud_detection.cli_support import (
+    configure_logging,
+    error_exit,
+    state_path,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     from fraud_detection.monitoring.consumer import MonitorConfig
@@ -62,15 +65,12 @@ MONITOR_EPILOG = (
 
 
 def _usage(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
+    return error_exit(message, EXIT_USAGE)
 
 
 def default_results_file() -> Path:
     """``monitoring/feature-drift.jsonl`` in ``$FRAUD_STATE_DIR``, else in ``./.fraud``."""
-    from fraud_detection.streaming.broker import DEFAULT_STATE_ROOT, ENV_STATE_DIR
-
-    return Path(os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_ROOT) / RESULTS_FILE
+    return state_path(RESULTS_FILE)
 
 
 def monitor(
@@ -308,18 +308,7 @@ def monitor(
 
 
 def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter(
-        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-    )
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("fraud_detection").setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("fraud_detection.monitoring.consumer").setLevel(logging.INFO)
-    logging.captureWarnings(True)
+    configure_logging(verbose, always_info=("fraud_detection.monitoring.consumer",))
 
 
 def run(
@@ -352,9 +341,7 @@ def run(
 
     _configure_logging(verbose)
     locator: BundleLocator = TemplateLocator(bundles) if bundles else RegistryLocator(registry)
-    stop = threading.Event()
-    handlers = {signum: lambda *_: stop.set() for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    stop, restore_signals = stop_on_signals()
     failures: list[BaseException] = []
     sinks: list[ResultSink] = []
     worker: threading.Thread | None = None
@@ -420,8 +407,7 @@ def run(
         for sink in sinks:
             with contextlib.suppress(Exception):
                 sink.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_signals()
     if failures:
         exc = failures[0]
         if not isinstance(exc, kafka.errors.KafkaError | SinkError | StateError | OSError):

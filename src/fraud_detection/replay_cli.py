@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.cli_support import error_exit
 from fraud_detection.replay import (
     DEFAULT_BATCH,
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -54,13 +55,11 @@ REPLAY_EPILOG = (
 
 
 def _usage(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
+    return error_exit(message, EXIT_USAGE)
 
 
 def _failed(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(EXIT_FAILED)
+    return error_exit(message, EXIT_FAILED)
 
 
 def parse_date(flag: str, text: str | None) -> int | None:

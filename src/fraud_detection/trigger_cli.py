@@ -11,18 +11,20 @@ Exit statuses:
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from fraud_detection.cli_support import (
+    configure_logging,
+    error_exit,
+    state_path,
+    stop_on_signals,
+)
 
 console = Console(stderr=True)
 
@@ -49,15 +51,12 @@ TRIGGER_EPILOG = (
 
 
 def _usage(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
+    return error_exit(message, EXIT_USAGE)
 
 
 def default_events_file() -> Path:
     """``monitoring/retrain-events.jsonl`` in ``$FRAUD_STATE_DIR``, else in ``./.fraud``."""
-    from fraud_detection.streaming.broker import DEFAULT_STATE_ROOT, ENV_STATE_DIR
-
-    return Path(os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_ROOT) / EVENTS_FILE
+    return state_path(EVENTS_FILE)
 
 
 def trigger(
@@ -267,17 +266,7 @@ def trigger(
 
 
 def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter(
-        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-    )
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("fraud_detection").setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.captureWarnings(True)
+    configure_logging(verbose)
 
 
 def run(
@@ -357,9 +346,7 @@ def run(
             )
         )
         where_runs = f"local runs in {runs_dir.resolve()}"
-    stop = threading.Event()
-    handlers = {signum: lambda *_: stop.set() for signum in (signal.SIGINT, signal.SIGTERM)}
-    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    stop, restore_signals = stop_on_signals()
     metrics = TriggerMetrics()
     server = None
     try:
@@ -400,8 +387,7 @@ def run(
     finally:
         if server is not None:
             server.shutdown()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_signals()
     console.print("retrain trigger stopped", highlight=False)
     return EXIT_OK
 
