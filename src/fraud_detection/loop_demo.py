@@ -3,16 +3,20 @@
 1. **Data**: seeded transactions over ``days`` days whose spending and fraud patterns change
    from ``drift_start_day`` on; the first days are the history to train on, the last
    ``replay_days`` the traffic to come.
-2. **First model**: the training pipeline (``kfp.local``) on the history, tested on its last
-   week (a temporal split: its recall and F1 are what the performance monitor holds live
-   traffic to, so they must be measured on days after the training days, as live traffic
-   is); it passes the gate and is promoted in the registry.
+2. **First model**: the training pipeline (``kfp.local``) on the history (``train_days`` of
+   training, as every run of the demo), tested on its last week (a temporal split: its recall
+   and F1 are what the performance monitor holds live traffic to, so they must be measured on
+   days after the training days, as live traffic is); it passes the gate and is promoted in
+   the registry.
 3. **The running system**: a local broker; the serving stack (transformer + predictor) on the
    event clock, mirroring every scored transaction and reading labels; ``fraud monitor``
    (feature drift, and performance from labels); ``fraud trigger`` (the retraining policy,
    starting ``kfp.local`` runs on the history plus the transactions labelled since).
 4. **Traffic**: ``fraud replay`` sends the traffic to come in time order, at a steady rate,
-   and publishes each label a week (of data time) after its transaction, as chargebacks do.
+   and publishes each label ``label_delay_days`` (of data time) after its transaction, as
+   chargebacks do. The traffic holds while a retraining run is in flight, and while the
+   monitor trails it by more than two windows (:class:`TrafficGate`), so every decision falls
+   at the same place in data time on any machine.
 5. **The loop**: the monitor is quiet before the drift and flags it after; the trigger starts a
    retraining run; a model that passes the gate is promoted and the servers follow it while
    the traffic flows.
@@ -43,6 +47,12 @@ from rich.console import Console
 #: Seconds to wait for the last retraining run, and for a process to stop.
 RUN_DEADLINE_S = 600.0
 STOP_DEADLINE_S = 60.0
+#: Seconds the servers may take to become ready (generous: the machine may be busy).
+STARTUP_DEADLINE_S = 180.0
+#: Seconds between two looks at the trigger's events and the monitor's results.
+HOLD_POLL_S = 0.2
+#: How far the monitor may trail the traffic, in drift windows (of ``window_hours``).
+MONITOR_LAG_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -62,27 +72,27 @@ class DemoConfig:
         cool_down_days: the trigger's cool-down, in days of data time.
         drift_wait_days: how long drift must last before it starts a run (the label delay
             plus the test and a few training days: the run then learns from drifted traffic).
-        train_days: the training window of a triggered run (the days before its test days).
+        train_days: the training window of every run (the days before its test days).
         test_days: the test window of a triggered run (the last labelled days): the new
             model's gate and drift reference come from it.
         window_hours: the longest drift window, in hours of data time (about 750
-            transactions at the default volume).
+            transactions at the default volume; the monitor may trail the traffic by two).
         seed: the seed of the data and of every run.
 
-    The defaults compress weeks into minutes: a day of traffic is replayed in about ten
+    The defaults compress weeks into minutes: a day of traffic is replayed in about five
     seconds, labels come a day after their transaction (chargebacks take a week; the replay's
     own default), and fraud is 1 % of the traffic so that a day's recall rests on about 30
     frauds rather than 5.
     """
 
     out_dir: Path = Path("demo-output")
-    transactions: int = 258_000
+    transactions: int = 246_000
     cards: int = 4_000
-    days: int = 86
-    drift_start_day: int = 64
-    replay_days: int = 24
+    days: int = 82
+    drift_start_day: int = 66
+    replay_days: int = 18
     fraud_rate: float = 0.01
-    rate: float = 300.0
+    rate: float = 600.0
     label_delay_days: float = 1.0
     cool_down_days: float = 3.0
     drift_wait_days: float = 4.0
@@ -294,6 +304,144 @@ def wait_for(condition: Any, deadline_s: float, processes: Processes, poll_s: fl
     return bool(condition())
 
 
+def iso_micros(text: Any) -> int | None:
+    """Microseconds since the epoch of an ISO-8601 time (None when it is not one)."""
+    from datetime import datetime
+
+    try:
+        stamp = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round(stamp.timestamp() * 1_000_000)
+
+
+def replay_position(summary: Path) -> tuple[int | None, int | None]:
+    """The first and the latest data time the replay has sent (from its summary file)."""
+    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
+        body = json.loads(summary.read_text())
+        return iso_micros(body.get("first_data_time")), iso_micros(body.get("last_data_time"))
+    return None, None
+
+
+def monitor_position(results: Sequence[dict[str, Any]]) -> int | None:
+    """The data time the monitor's closed drift windows reach (None before the first)."""
+    ends = [
+        iso_micros(record.get("end")) for record in results if record.get("kind") == "feature_drift"
+    ]
+    return max((end for end in ends if end is not None), default=None)
+
+
+class TrafficGate:
+    """Whether the replay should hold: while a retraining run is in flight, or while the
+    monitor's windows trail the traffic by more than ``max_lag_s`` of data time.
+
+    The demo compresses weeks into minutes, so a run of a minute would otherwise span days of
+    traffic, and a monitor a few seconds behind would decide days late; in production a run
+    takes about an hour and the monitor keeps up. Holding the traffic keeps every decision at
+    the same place in data time on any machine, however fast it is.
+    """
+
+    def __init__(self, paths: DemoPaths, max_lag_s: float) -> None:
+        self.paths = paths
+        self.max_lag_micros = round(max_lag_s * 1_000_000)
+        self.results = JsonlTail(paths.results)
+
+    def reason(self) -> str | None:
+        """Why the traffic should hold now (None: it may flow)."""
+        if runs_in_flight(self.paths.events) > 0:
+            return "retraining"
+        return None if self.monitor_keeps_up() else "monitor"
+
+    def monitor_keeps_up(self) -> bool:
+        """Whether the monitor's windows reach within ``max_lag_s`` of the traffic sent."""
+        first, sent = replay_position(self.paths.replay_summary)
+        if sent is None:
+            return True
+        reached = monitor_position(self.results.read())
+        return sent - (reached if reached is not None else first or sent) <= self.max_lag_micros
+
+
+class JsonlTail:
+    """The records of a growing JSON-lines file, read incrementally (complete lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.records: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every record so far."""
+        with contextlib.suppress(FileNotFoundError), self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read()
+            complete = chunk.rfind(b"\n") + 1
+            self.offset += complete
+            for line in chunk[:complete].splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    value = json.loads(line)
+                    if isinstance(value, dict):
+                        self.records.append(value)
+        return self.records
+
+
+def replay_traffic(
+    config: DemoConfig,
+    paths: DemoPaths,
+    url: str,
+    bootstrap: str,
+    processes: Processes,
+    gate: TrafficGate,
+) -> dict[str, float]:
+    """Run ``fraud replay`` on the traffic, held by a :class:`TrafficGate`; return the seconds
+    held, by reason."""
+    pause = paths.root / "replay.pause"
+    pause.unlink(missing_ok=True)
+    command = fraud_command(
+        "replay",
+        "--data",
+        str(paths.traffic),
+        "--url",
+        url,
+        "--bootstrap",
+        bootstrap,
+        "--rate",
+        f"{config.rate:g}",
+        "--label-delay-days",
+        f"{config.label_delay_days:g}",
+        "--summary",
+        str(paths.replay_summary),
+        "--pause-file",
+        str(pause),
+    )
+    held: dict[str, float] = {}
+    since: tuple[str, float] | None = None
+    with subprocess.Popen(command) as replay:
+        try:
+            while replay.poll() is None:
+                reason, now = gate.reason(), time.monotonic()
+                if since is not None and reason != since[0]:
+                    held[since[0]] = held.get(since[0], 0.0) + now - since[1]
+                    since = None
+                    pause.unlink(missing_ok=True)
+                if reason is not None and since is None:
+                    pause.touch()
+                    since = (reason, now)
+                if since is not None and now - since[1] > RUN_DEADLINE_S:
+                    raise RuntimeError(
+                        f"the traffic was held for {RUN_DEADLINE_S:.0f} s ({since[0]}); see "
+                        f"{paths.logs}"
+                    )
+                processes.check()
+                time.sleep(HOLD_POLL_S)
+        finally:
+            pause.unlink(missing_ok=True)
+            if replay.poll() is None:
+                replay.terminate()
+    if replay.returncode:
+        raise subprocess.CalledProcessError(replay.returncode, command)
+    return held
+
+
 def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole loop; return the outcome (see the module docstring for the steps)."""
     from fraud_detection.registry import ModelRegistry
@@ -333,6 +481,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
             "initial model",
             "--split",
             "temporal",
+            "--param",
+            f"train_days={config.train_days}",
         ),
         check=True,
     )
@@ -351,6 +501,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
                 clock="event",
                 state_dir=None,
                 log_dir=paths.logs,
+                startup_timeout_s=STARTUP_DEADLINE_S,
             )
         ) as stack,
         background(paths.logs) as processes,
@@ -412,29 +563,22 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         )
 
         console.rule(f"4. traffic [{time.monotonic() - started:.0f} s]")
-        subprocess.run(
-            fraud_command(
-                "replay",
-                "--data",
-                str(paths.traffic),
-                "--url",
-                stack.url,
-                "--bootstrap",
-                bootstrap,
-                "--rate",
-                f"{config.rate:g}",
-                "--label-delay-days",
-                f"{config.label_delay_days:g}",
-                "--summary",
-                str(paths.replay_summary),
-            ),
-            check=True,
+        gate = TrafficGate(paths, max_lag_s=MONITOR_LAG_WINDOWS * config.window_hours * 3600)
+        held = replay_traffic(config, paths, stack.url, bootstrap, processes, gate)
+        console.print(
+            f"traffic held {held.get('retraining', 0):.0f} s while retraining runs were in "
+            f"flight and {held.get('monitor', 0):.0f} s for the monitor to catch up"
         )
 
-        console.rule(f"5. the retraining in flight [{time.monotonic() - started:.0f} s]")
-        with console.status("waiting for the retraining runs to finish"):
-            wait_for(lambda: runs_in_flight(paths.events) <= 0, RUN_DEADLINE_S, processes)
-        processes.stop("trigger")
+        console.rule(f"5. the monitor catches up [{time.monotonic() - started:.0f} s]")
+        with console.status("waiting for the monitor to catch up"):
+            wait_for(gate.monitor_keeps_up, RUN_DEADLINE_S, processes)
+        if runs_in_flight(paths.events) > 0:
+            console.print(
+                "a retraining run started at the end of the traffic: no traffic is left for "
+                "its model, so it is stopped"
+            )
+        processes.stop("trigger")  # stops a run in flight too
         processes.stop("monitor")
         served = registry.current_version()
 
@@ -593,8 +737,18 @@ def demo(
     except ValueError as exc:
         Console(stderr=True).print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from exc
-    outcome = run_demo(config, console)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        outcome = run_demo(config, console)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: everything the demo started was stopped")
+        raise typer.Exit(130) from None
     raise typer.Exit(0 if outcome["requests_failed"] == 0 else 1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM ends the demo as Ctrl-C does: every process it started is stopped."""
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:

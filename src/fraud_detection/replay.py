@@ -174,6 +174,19 @@ class Pacer:
         if delay > 0:
             self.sleep(delay)
 
+    def hold(self, held: Callable[[], bool], poll_s: float = 0.2) -> float:
+        """Wait while ``held()`` is true; the schedule moves on by the time waited (no burst to
+        catch up afterwards). Returns the seconds waited."""
+        if not held():
+            return 0.0
+        began = self.clock()
+        while held():
+            self.sleep(poll_s)
+        waited = self.clock() - began
+        if self.started is not None:
+            self.started += waited
+        return waited
+
 
 # ------------------------------------------------------------------------------- the data
 @dataclass
@@ -512,6 +525,7 @@ class ReplaySummary:
     first_time: int | None = None
     last_time: int | None = None
     wall_seconds: float = 0.0
+    held_seconds: float = 0.0
 
     @property
     def labels(self) -> int:
@@ -520,8 +534,9 @@ class ReplaySummary:
 
     @property
     def rate(self) -> float:
-        """Transactions sent per wall-clock second."""
-        return self.sent / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        """Transactions sent per wall-clock second, time held left out."""
+        sending = self.wall_seconds - self.held_seconds
+        return self.sent / sending if sending > 0 else 0.0
 
     def data_time(self) -> str:
         """The data time reached, ISO-8601 (``-`` before the first send)."""
@@ -548,6 +563,7 @@ class ReplaySummary:
             "first_data_time": None if self.first_time is None else iso_timestamp(self.first_time),
             "last_data_time": None if self.last_time is None else iso_timestamp(self.last_time),
             "wall_seconds": round(self.wall_seconds, 3),
+            "held_seconds": round(self.held_seconds, 3),
             "rate_per_s": round(self.rate, 1),
         }
 
@@ -563,7 +579,9 @@ class ReplaySummary:
             + (f"; {self.labels_early:,} before due" if self.labels_early else "")
             + f"); labelled transactions published: {self.labelled_transactions:,}",
             f"data time {body['first_data_time'] or '-'} .. {body['last_data_time'] or '-'}; "
-            f"{self.wall_seconds:.1f} s wall, {self.rate:,.1f} transactions/s",
+            f"{self.wall_seconds:.1f} s wall"
+            + (f" ({self.held_seconds:.1f} s held)" if self.held_seconds else "")
+            + f", {self.rate:,.1f} transactions/s",
         ]
         return "\n".join(lines)
 
@@ -578,11 +596,14 @@ def run_replay(
     flush: bool = False,
     progress: Callable[[ReplaySummary], None] | None = None,
     summary: ReplaySummary | None = None,
+    held: Callable[[], bool] | None = None,
 ) -> ReplaySummary:
     """Replay ``data`` through ``scorer``, publishing due labels with ``publisher`` (None: no
     labels); return the summary (``summary``, updated in place, when given).
 
-    ``progress`` is called after every step. Rows ``prepare`` skipped count as rejected.
+    ``progress`` is called after every step. Rows ``prepare`` skipped count as rejected. While
+    ``held()`` is true, nothing is sent or published: data time stands still (see
+    :meth:`Pacer.hold`).
     """
     summary = summary or ReplaySummary()
     summary.rejected.update(data.skipped)
@@ -592,6 +613,8 @@ def run_replay(
     started = time.monotonic()
     try:
         for step in plan(data.times, delay, batch, flush=flush):
+            if held is not None:
+                summary.held_seconds += pacer.hold(held)
             if isinstance(step, Send):
                 pacer.wait(step.start)
                 result = scorer.score(data.instances[step.start : step.stop])

@@ -13,6 +13,8 @@ Nothing heavy is imported until the command runs. Exit statuses:
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,6 +42,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: Seconds between two writes of the ``--summary`` file while the replay runs.
+SUMMARY_EVERY_S = 1.0
 REPLAY_EPILOG = (
     "The data time is the timestamp of the latest transaction sent. A transaction's label "
     "(is_fraud) is due at its time + --label-delay-days and is published to the labels topic "
@@ -142,7 +146,20 @@ def replay(
         typer.Option(help="At the end, also publish the labels not due yet."),
     ] = False,
     summary: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Write the final summary here as JSON.")
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write the summary here as JSON: every second while the replay runs (how far "
+            "it has got), and the final one at the end.",
+        ),
+    ] = None,
+    pause_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="While this file exists the replay holds: nothing is sent or published and "
+            "data time stands still; it resumes at its rate once the file is removed.",
+        ),
     ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for one answer.")
@@ -153,8 +170,6 @@ def replay(
     ] = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> None:
     """Replay transactions to the scoring endpoint in time order, publishing labels when due."""
-    import math
-
     from fraud_detection.replay import default_delay_days, delay_micros
 
     if not data:
@@ -220,6 +235,7 @@ def replay(
         summary_file=summary,
         timeout_s=timeout,
         connect_timeout_s=connect_timeout,
+        pause_file=pause_file,
     )
     if code != EXIT_OK:
         raise typer.Exit(code)
@@ -242,6 +258,32 @@ def _progress() -> Progress:
         console=err_console,
         transient=False,
     )
+
+
+class _SummaryWriter:
+    """Writes the summary file (whole, by atomic replace) at most every
+    :data:`SUMMARY_EVERY_S` seconds, so it shows how far the replay has got while it runs."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.written = -math.inf
+
+    def write(self, summary: ReplaySummary, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is None or not (force or now - self.written >= SUMMARY_EVERY_S):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        partial.replace(self.path)
+        self.written = now
+
+
+def _on_progress(
+    progress: Progress, task: TaskID, summary: ReplaySummary, writer: _SummaryWriter
+) -> None:
+    _update(progress, task, summary)
+    writer.write(summary)
 
 
 def _update(progress: Progress, task: TaskID, summary: ReplaySummary) -> None:
@@ -270,9 +312,10 @@ def run(
     summary_file: Path | None,
     timeout_s: float,
     connect_timeout_s: float,
+    pause_file: Path | None = None,
 ) -> int:
     """Replay ``prepared``; return the exit status. The summary is printed (and written to
-    ``summary_file``) however the replay ends."""
+    ``summary_file``) however the replay ends; it holds while ``pause_file`` exists."""
     from fraud_detection.replay import (
         LabelPublisher,
         ReplayError,
@@ -307,6 +350,7 @@ def run(
         url, model or MODEL_NAME, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
     )
     summary = ReplaySummary()
+    writer = _SummaryWriter(summary_file)
     code = EXIT_OK
     try:
         if publisher is not None:
@@ -334,8 +378,9 @@ def run(
                 batch=batch,
                 rate=rate,
                 flush=flush_labels,
-                progress=lambda current: _update(progress, task, current),
+                progress=lambda current: _on_progress(progress, task, current, writer),
                 summary=summary,
+                held=None if pause_file is None else pause_file.exists,
             )
     except ReplayError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -354,19 +399,17 @@ def run(
     if code == EXIT_OK and summary.sent and not summary.scored:
         err_console.print("[bold red]error:[/] no transaction was scored", soft_wrap=True)
         code = EXIT_FAILED
-    _report(summary, summary_file)
+    _report(summary, writer)
     return code
 
 
-def _report(summary: ReplaySummary, summary_file: Path | None) -> None:
+def _report(summary: ReplaySummary, writer: _SummaryWriter) -> None:
     for reason in summary.reasons:
         err_console.print(f"rejected: {reason}", soft_wrap=True, markup=False, highlight=False)
     if "413" in summary.rejected:
         _note("413: the request is larger than the server accepts; lower --batch")
     console.print(summary.render(), soft_wrap=True, markup=False, highlight=False)
-    if summary_file is not None:
-        summary_file.parent.mkdir(parents=True, exist_ok=True)
-        summary_file.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    writer.write(summary, force=True)
 
 
 def register(app: typer.Typer) -> None:

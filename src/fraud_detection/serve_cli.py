@@ -27,6 +27,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fraud_detection.cli_support import error_exit
+
 if TYPE_CHECKING:
     from fraud_detection.serving.launcher import ServingStack
 
@@ -38,6 +40,8 @@ EXIT_START_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHILD_FAILED = 3
 EXIT_STOP_FAILED = 4
+#: How long ``fraud serve`` waits for the predictor and the transformer to be ready, by default.
+DEFAULT_STARTUP_TIMEOUT_S = 60.0
 SERVE_EPILOG = (
     "A child (predictor, transformer, broker) that exits is restarted on the same port after a "
     "back-off (0.5 s, doubling up to 10 s; reset once it stayed up for 30 s); when one exits "
@@ -145,6 +149,13 @@ def serve(
     restart_window: Annotated[
         float, typer.Option(min=0.001, help="The restart limit's window, in seconds.")
     ] = 60.0,
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for the predictor and the transformer to be ready; starting "
+            "fails (exit 1) after that."
+        ),
+    ] = DEFAULT_STARTUP_TIMEOUT_S,
     max_instances: Annotated[
         int | None,
         typer.Option(min=1, help="Most instances per request; more get 413 (default 1,000)."),
@@ -166,12 +177,16 @@ def serve(
         default_serving_state_dir,
     )
 
+    if no_state and state_dir is not None:
+        raise error_exit("--state-dir and --no-state exclude each other", EXIT_USAGE)
+    if not 0.0 < startup_timeout < float("inf"):
+        raise error_exit(
+            f"--startup-timeout: must be a positive number of seconds, got {startup_timeout:g}",
+            EXIT_USAGE,
+        )
     registry = _registry_or_exit(model_dir, registry)
     if mirror and kafka is None:
         kafka = existing_bootstrap()
-    if no_state and state_dir is not None:
-        err_console.print("[bold red]error:[/] --state-dir and --no-state exclude each other")
-        raise typer.Exit(EXIT_USAGE)
     config = StackConfig(
         model_dir=model_dir,
         registry=registry,
@@ -192,6 +207,7 @@ def serve(
         checkpoint_interval_s=checkpoint_interval,
         max_restarts=max_restarts,
         restart_window_s=restart_window,
+        startup_timeout_s=startup_timeout,
         transformer_args=labels_arguments(labels and mirror, labels_topic),
     )
     _log_supervision(log_format.value)

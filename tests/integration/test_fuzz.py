@@ -43,6 +43,7 @@ from support.fuzz import (
     FuzzGenerator,
     FuzzRequest,
 )
+from support.serving import STARTUP_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -307,6 +308,7 @@ def test_fuzz_the_serving_stack(
     state_dir = tmp_path / "state"
     config = StackConfig(
         model_dir=serving_bundle,
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         mirror=False,
         log_dir=tmp_path / "logs",
         transformer_args=[

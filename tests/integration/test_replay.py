@@ -30,6 +30,7 @@ from fraud_detection.streaming.kafka import read_topic
 from fraud_detection.streaming.labels import parse_label
 from fraud_detection.training.ingest import decode_records
 from support.bundles import SplitData
+from support.serving import STARTUP_TIMEOUT_S
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,7 @@ def stack(
 ) -> Iterator[ServingStack]:
     config = StackConfig(
         model_dir=serving_bundle,
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         kafka=broker.bootstrap_servers,
         mirror_topic=MIRROR,
         collocated=True,
@@ -197,6 +199,7 @@ def test_a_wall_clock_server_is_named_as_the_problem(
 ) -> None:
     config = StackConfig(
         model_dir=serving_bundle,
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         mirror=False,
         collocated=True,
         clock="wall",

@@ -33,6 +33,7 @@ from fraud_detection.serving.mirror import iso_timestamp
 from fraud_detection.streaming.broker import LocalBroker, free_port
 from fraud_detection.streaming.kafka import make_producer
 from fraud_detection.streaming.labels import Label
+from support.serving import STARTUP_TIMEOUT_S
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,7 @@ def stack(
 ) -> Iterator[ServingStack]:
     config = StackConfig(
         model_dir=serving_bundle,
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         kafka=broker.bootstrap_servers,
         mirror_topic=MIRROR_TOPIC,
         collocated=True,

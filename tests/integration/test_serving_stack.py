@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +49,15 @@ from fraud_detection.serving.mirror import DROP_REASONS
 from fraud_detection.streaming.broker import LOOPBACK, LocalBroker, free_port
 from fraud_detection.streaming.kafka import read_topic
 from support.bundles import SplitData, build_bundle
+from support.serving import STARTUP_TIMEOUT_S
+from support.waiting import DEADLINE_S, wait_until
 
 pytestmark = pytest.mark.integration
 
 TOPIC = "it-fraud-mirror"
 LAUNCHER_LOGGER = "fraud_detection.serving.launcher"
-#: Deadline for any awaited event; generous, so a slow, loaded machine passes too.
-DEADLINE_S = 60.0
 #: One line of the servers' text log format (UTC time, pid, level, logger, message).
 TEXT_LOG_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \d+ [A-Z]+ [\w.]+: .*"
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, failure: str) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned); fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{failure} (waited {timeout_s:g} s)")
-        time.sleep(0.1)
 
 
 class Broker:
@@ -113,6 +101,7 @@ def stack(
         kafka=broker.bootstrap,
         mirror_topic=TOPIC,
         log_dir=tmp_path_factory.mktemp("logs"),
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         clock="event",
         state_dir=tmp_path_factory.mktemp("serving-state"),
         checkpoint_interval_s=1.0,
@@ -148,17 +137,20 @@ def fresh_instances(data: SplitData, count: int, offset: int = 0) -> list[dict[s
 
 def mirrored(bootstrap: str, ids: set[str], timeout_s: float = DEADLINE_S) -> dict[str, Any]:
     """Records of the mirror topic whose transaction ids are in ``ids`` (waits for all)."""
-    deadline = time.monotonic() + timeout_s
     found: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def all_found() -> bool:
         for record in read_topic(bootstrap, TOPIC, timeout_s=10):
             value = orjson.loads(record.value)
             if value["transaction_id"] in ids:
                 found[value["transaction_id"]] = record
-        if set(found) == ids:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"mirrored {sorted(found)} of {sorted(ids)} within {timeout_s} s")
+        return set(found) == ids
+
+    try:
+        wait_until(all_found, f"{len(ids)} transactions to be mirrored", timeout_s, poll_s=0.3)
+    except AssertionError as exc:
+        raise AssertionError(f"mirrored {sorted(found)} of {sorted(ids)}") from exc
+    return found
 
 
 def mirror_drops(client: httpx.Client, stack: ServingStack) -> float:
@@ -177,9 +169,10 @@ def assert_predictor_unavailable(response: httpx.Response, detail: str = "") -> 
 
 
 def score_until_ok(
-    client: httpx.Client, stack: ServingStack, data: SplitData, failure: str
+    client: httpx.Client, stack: ServingStack, data: SplitData, what: str
 ) -> httpx.Response:
-    """Score fresh transactions until one is answered 200; meanwhile only 503 is acceptable."""
+    """Score fresh transactions until one is answered 200 (``what`` that shows); meanwhile
+    only 503 is acceptable. The wait covers a server's start."""
 
     def attempt() -> httpx.Response | None:
         try:
@@ -189,7 +182,7 @@ def score_until_ok(
         assert response.status_code in (200, 503), response.text
         return response if response.status_code == 200 else None
 
-    return wait_for(attempt, DEADLINE_S, failure)
+    return wait_until(attempt, what, STARTUP_TIMEOUT_S, poll_s=0.1)
 
 
 def metric(client: httpx.Client, base: str, name: str, labels: str = "") -> float:
@@ -451,9 +444,9 @@ def test_predictor_down_answers_503_and_recovers(
             == refused + 3
         )
     finally:
-        stack.predictor.start().wait_ready()
+        stack.predictor.start().wait_ready(STARTUP_TIMEOUT_S)
     # Back without any action on the transformer.
-    score_until_ok(client, stack, serving_data, "scoring did not recover with the predictor")
+    score_until_ok(client, stack, serving_data, "scoring to recover with the predictor")
 
 
 def test_a_hung_predictor_answers_503(
@@ -473,7 +466,7 @@ def test_a_hung_predictor_answers_503(
         metric(client, stack.url, "fraud_predictor_failures_total", '{kind="timeout"}')
         == timeouts + 1
     )
-    score_until_ok(client, stack, serving_data, "scoring did not recover after SIGCONT")
+    score_until_ok(client, stack, serving_data, "scoring to recover after SIGCONT")
 
 
 def test_a_killed_predictor_is_restarted_by_the_supervisor(
@@ -487,7 +480,7 @@ def test_a_killed_predictor_is_restarted_by_the_supervisor(
     assert predictor is not None and predictor.pid is not None
     killed, port = predictor.pid, predictor.port
     predictor.signal(signal.SIGKILL)
-    wait_for(lambda: not predictor.running, DEADLINE_S, "the predictor survived SIGKILL")
+    wait_until(lambda: not predictor.running, "the predictor to die of SIGKILL")
     # No supervision pass ran yet, so nothing restarted it: the transformer answers 503.
     response = client.post(stack.predict_url, json={"instances": fresh_instances(serving_data, 1)})
     assert_predictor_unavailable(response)
@@ -502,7 +495,12 @@ def test_a_killed_predictor_is_restarted_by_the_supervisor(
         assert response.status_code in (200, 503), response.text
         return response.status_code == 200
 
-    wait_for(restarted_and_scoring, DEADLINE_S, "the supervisor did not bring the predictor back")
+    wait_until(
+        restarted_and_scoring,
+        "the supervisor to bring the predictor back",
+        STARTUP_TIMEOUT_S,
+        poll_s=0.1,
+    )
     assert predictor.pid != killed and predictor.port == port
     messages = caplog.messages
     assert any(
@@ -528,10 +526,9 @@ def test_broker_down_scoring_continues_and_mirroring_resumes(
                 stack.predict_url, json={"instances": fresh_instances(serving_data, 3, offset)}
             )
             assert response.status_code == 200, response.text
-        wait_for(
+        wait_until(
             lambda: mirror_drops(client, stack) > drops_before,
-            DEADLINE_S,
-            "records lost while the broker was down were not counted",
+            "the records lost while the broker was down to be counted",
         )
     finally:
         broker.restart()
@@ -549,7 +546,7 @@ def test_broker_down_scoring_continues_and_mirroring_resumes(
         }
         return bool(ids & found)
 
-    wait_for(resumed, DEADLINE_S, "mirroring did not resume after the broker came back")
+    wait_until(resumed, "mirroring to resume after the broker came back", poll_s=0.3)
 
 
 def test_a_tampered_model_is_refused(serving_bundle: Path, tmp_path: Path) -> None:
@@ -566,7 +563,7 @@ def test_a_tampered_model_is_refused(serving_bundle: Path, tmp_path: Path) -> No
     ).start()
     try:
         with pytest.raises(ServerStartError, match="exited with status 2"):
-            server.wait_ready(timeout_s=60)
+            server.wait_ready(STARTUP_TIMEOUT_S)
     finally:
         server.stop()
     log = server.log_path.read_text()
@@ -598,7 +595,7 @@ def test_a_server_that_must_be_killed_takes_what_it_started_with_it(tmp_path: Pa
         tmp_path / "server.log",
     ).start()
     try:
-        wait_for(pid_file.exists, DEADLINE_S, "the server started no helper")
+        wait_until(pid_file.exists, "the server to start its helper")
         helper = int(pid_file.read_text())
         assert alive(helper)
         status = server.stop(timeout_s=1.0)  # it ignores SIGTERM: always killed
@@ -626,10 +623,10 @@ def test_a_killed_transformer_comes_back_on_its_port(
     stack.start_supervising(interval_s=0.2)
     try:
         transformer.signal(signal.SIGKILL)
-        wait_for(
+        wait_until(
             lambda: transformer.pid != killed and transformer.ready(),
-            DEADLINE_S,
-            "the supervisor did not bring the transformer back",
+            "the supervisor to bring the transformer back",
+            STARTUP_TIMEOUT_S,
         )
     finally:
         stack.stop_supervising()
@@ -676,12 +673,11 @@ def test_model_update_switches_without_failing_requests(
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        wait_for(lambda: versions or failures, DEADLINE_S, "no answer before the update")
+        wait_until(lambda: versions or failures, "an answer before the update")
         registry.promote(second)
-        wait_for(
+        wait_until(
             lambda: versions.count("test-2") >= 3 or failures,
-            DEADLINE_S,
-            f"still serving {versions[-1:]} after the update",
+            "three answers from test-2 after the update",
         )
     finally:
         stop.set()
@@ -695,12 +691,11 @@ def test_model_update_switches_without_failing_requests(
     for role, server in servers.items():
         assert server is not None
         switched = f"{role} switched model from test-1 to test-2"
-        wait_for(
+        wait_until(
             lambda server=server, switched=switched: any(
                 switched in line for line in log_lines(server)
             ),
-            DEADLINE_S,
-            f"the {role} logged no switch to test-2",
+            f"the {role} to log its switch to test-2",
         )
         (info,) = families(client, server.url)["fraud_model_info"].samples
         assert info.labels == {"version": "test-2"}
@@ -713,12 +708,11 @@ def test_model_update_switches_without_failing_requests(
     for server in servers.values():
         server.signal(signal.SIGHUP)
     for role, server in servers.items():
-        wait_for(
+        wait_until(
             lambda server=server, role=role: (
                 metric(client, server.url, "fraud_model_switches_total") > switches[role]
             ),
-            DEADLINE_S,
-            f"the {role} did not reload on SIGHUP",
+            f"the {role} to reload on SIGHUP",
         )
         reloaded = f"{role} reloaded model test-2 from "
         assert any(reloaded in line for line in log_lines(server)), log_lines(server)[-20:]
@@ -774,14 +768,16 @@ def command_line(pid: int) -> str:
 
 def assert_all_exit(family: set[int], output: str) -> None:
     """Wait until every process in ``family`` has exited; fail naming the ones that did not."""
-    deadline = time.monotonic() + DEADLINE_S
-    while survivors := {pid: command_line(pid) for pid in family if alive(pid)}:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"processes outlived the server that started them (waited {DEADLINE_S:g} s): "
-                f"{survivors}\n{output}"
-            )
-        time.sleep(0.1)
+
+    def survivors() -> dict[int, str]:
+        return {pid: command_line(pid) for pid in family if alive(pid)}
+
+    try:
+        wait_until(lambda: not survivors(), "every process the server started to exit")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"processes outlived the server that started them: {survivors()}\n{output}"
+        ) from exc
 
 
 def fraud_serve(bundle: Path, port: int, cwd: Path, *options: str) -> subprocess.Popen[str]:
@@ -801,6 +797,8 @@ def fraud_serve(bundle: Path, port: int, cwd: Path, *options: str) -> subprocess
         str(port),
         "--clock",
         "event",
+        "--startup-timeout",
+        f"{STARTUP_TIMEOUT_S:g}",
         *options,
     ]
     unset = ("FRAUD_KAFKA_BOOTSTRAP", "FRAUD_STATE_DIR", "FRAUD_SERVING_STATE_DIR")
@@ -894,6 +892,29 @@ def test_fraud_serve_starts_everything_and_stops_on_sigterm(
     assert mirror_lines  # the mirror's producer process logs in the same format
 
 
+def test_fraud_serve_gives_up_when_a_server_is_not_ready_within_the_startup_timeout(
+    serving_bundle: Path, tmp_path: Path
+) -> None:
+    """A millisecond is far less than any KServe process needs to import and listen: starting
+    fails (exit 1), the message names the limit given, and nothing is left running."""
+    proc = fraud_serve(
+        serving_bundle,
+        free_port(),
+        tmp_path,
+        "--no-mirror",
+        "--collocated",
+        "--no-state",
+        "--startup-timeout",
+        "0.001",
+    )
+    try:
+        output, _ = proc.communicate(timeout=STARTUP_TIMEOUT_S)
+        assert proc.returncode == 1, output  # EXIT_START_FAILED
+        assert "the transformer was not ready within 0.001 s" in output, output
+    finally:
+        end_fraud_serve(proc)
+
+
 def test_fraud_serve_logs_json_and_takes_the_request_limits(
     serving_bundle: Path, serving_data: SplitData, tmp_path: Path
 ) -> None:
@@ -966,7 +987,12 @@ def test_a_child_that_cannot_be_stopped_is_reported_and_serve_exits_4(
     from fraud_detection.serve_cli import EXIT_STOP_FAILED, run_stack
 
     caplog.set_level(logging.INFO, logger=LAUNCHER_LOGGER)
-    config = StackConfig(model_dir=serving_bundle, mirror=False, log_dir=tmp_path / "logs")
+    config = StackConfig(
+        model_dir=serving_bundle,
+        mirror=False,
+        log_dir=tmp_path / "logs",
+        startup_timeout_s=STARTUP_TIMEOUT_S,
+    )
     stack = ServingStack(config)
     survived = StopError("the transformer (pid 1) is still alive 5 s after SIGKILL")
 
@@ -982,7 +1008,7 @@ def test_a_child_that_cannot_be_stopped_is_reported_and_serve_exits_4(
     done = threading.Event()
 
     def stop_when_serving() -> None:
-        deadline = time.monotonic() + 3 * DEADLINE_S  # the stack's own start limit is higher
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S + DEADLINE_S  # beyond the stack's start
         while not done.is_set() and time.monotonic() < deadline:
             transformer, predictor = stack.transformer, stack.predictor
             if transformer is not None and predictor is not None and transformer.ready():
@@ -1025,10 +1051,9 @@ def test_fraud_serve_gives_up_on_a_predictor_that_keeps_dying(
         first = predictor_of(proc)
         assert first is not None, output
         os.kill(first, signal.SIGKILL)
-        second = wait_for(
+        second = wait_until(
             lambda: predictor_of(proc, other_than=first),
-            DEADLINE_S,
-            "fraud serve did not restart the killed predictor",
+            "fraud serve to restart the killed predictor",
         )
         family |= descendants(proc.pid)
         os.kill(second, signal.SIGKILL)  # the second exit within the window: over the limit

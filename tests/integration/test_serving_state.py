@@ -4,7 +4,6 @@ is killed with SIGKILL, restarts from the newest checkpoint and continues exactl
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ from fraud_detection.features import MICROS_PER_SECOND, OnlineFeatureState
 from fraud_detection.serving.checkpoint import load_latest
 from fraud_detection.serving.launcher import ServingStack, StackConfig
 from fraud_detection.serving.mirror import iso_timestamp
+from support.serving import STARTUP_TIMEOUT_S
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +35,10 @@ def transactions(clock: int, count: int, first: int = 0) -> list[dict[str, Any]]
     ]
 
 
-def wait_for_checkpoint_with(state_dir: Path, transaction_id: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        checkpoint = load_latest(state_dir)
-        if checkpoint is not None and transaction_id in checkpoint.seen:
-            return
-        assert time.monotonic() < deadline, f"no checkpoint with {transaction_id} in {timeout_s} s"
-        time.sleep(0.05)
+def checkpointed(state_dir: Path, transaction_id: str) -> bool:
+    """Whether the newest checkpoint in ``state_dir`` has seen ``transaction_id``."""
+    checkpoint = load_latest(state_dir)
+    return checkpoint is not None and transaction_id in checkpoint.seen
 
 
 def test_a_killed_transformer_resumes_from_its_checkpoint(
@@ -57,6 +54,7 @@ def test_a_killed_transformer_resumes_from_its_checkpoint(
         mirror=False,
         collocated=True,
         log_dir=tmp_path / "logs",
+        startup_timeout_s=STARTUP_TIMEOUT_S,
         transformer_args=[
             "--clock",
             "event",
@@ -69,12 +67,13 @@ def test_a_killed_transformer_resumes_from_its_checkpoint(
     with ServingStack(config) as stack, httpx.Client(timeout=30) as client:
         for tx in before_crash:
             assert client.post(stack.predict_url, json={"instances": [tx]}).status_code == 200
-        wait_for_checkpoint_with(state_dir, before_crash[-1]["transaction_id"])
+        last = before_crash[-1]["transaction_id"]
+        wait_until(lambda: checkpointed(state_dir, last), f"a checkpoint with {last}", poll_s=0.05)
         assert stack.transformer is not None
         stack.transformer.signal(signal.SIGKILL)
         assert stack.transformer.proc is not None
         stack.transformer.proc.wait(timeout=60)
-        stack.transformer.start().wait_ready()
+        stack.transformer.start().wait_ready(STARTUP_TIMEOUT_S)
         # A retry of a transaction from before the crash is recognised: the same answer...
         retried = client.post(stack.predict_url, json={"instances": [before_crash[2]]})
         assert retried.status_code == 200

@@ -9,7 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 from fraud_detection.cli import app
-from fraud_detection.loop_demo import DemoConfig, drift_by_version, read_jsonl, runs_in_flight
+from fraud_detection.loop_demo import (
+    DemoConfig,
+    DemoPaths,
+    TrafficGate,
+    drift_by_version,
+    iso_micros,
+    monitor_position,
+    read_jsonl,
+    runs_in_flight,
+)
 
 
 def drift(window: str, version: str, end: str, is_drift: bool, tested: bool = True) -> dict:
@@ -57,8 +66,8 @@ def test_runs_in_flight_come_from_the_trigger_events(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"replay_days": 0}, "replay_days: must be in (0, days=86), got 0"),
-        ({"drift_start_day": 10}, "drift_start_day: must fall in the replayed days (62..85)"),
+        ({"replay_days": 0}, "replay_days: must be in (0, days=82), got 0"),
+        ({"drift_start_day": 10}, "drift_start_day: must fall in the replayed days (64..81)"),
         ({"rate": 0.0}, "rate: must be > 0, got 0.0"),
     ],
 )
@@ -88,3 +97,28 @@ def test_a_new_demo_clears_only_what_an_earlier_one_left(tmp_path: Path) -> None
     mine.write_text("keep")
     paths.clear()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_traffic_holds_for_a_run_in_flight_and_for_a_monitor_that_trails(
+    tmp_path: Path,
+) -> None:
+    paths = DemoPaths(tmp_path)
+    gate = TrafficGate(paths, max_lag_s=12 * 3600)
+    assert gate.reason() is None  # nothing sent yet
+    summary = {"first_data_time": "2026-03-01T00:00:00Z", "last_data_time": "2026-03-01T10:00:00Z"}
+    paths.replay_summary.write_text(json.dumps(summary))
+    assert gate.reason() is None  # 10 h in, no window yet: within two windows
+    paths.replay_summary.write_text(json.dumps({**summary, "last_data_time": "2026-03-01T13:00Z"}))
+    assert gate.reason() == "monitor"
+    window = drift("a:0", "v1", "2026-03-01T05:00:00Z", False)
+    paths.results.write_text(json.dumps(window) + "\n" + '{"kind": "feature_dr')  # a partial line
+    assert gate.reason() is None
+    with paths.events.open("a") as events:
+        events.write(json.dumps({"event": "started"}) + "\n")
+    assert gate.reason() == "retraining"
+    with paths.events.open("a") as events:
+        events.write(json.dumps({"event": "finished"}) + "\n")
+    assert gate.reason() is None
+    with paths.results.open("a") as results:  # the partial line is completed later
+        results.write('ift", "end": "2026-03-01T06:00:00Z"}\n')
+    assert monitor_position(gate.results.read()) == iso_micros("2026-03-01T06:00:00Z")

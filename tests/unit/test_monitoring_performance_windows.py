@@ -219,7 +219,14 @@ def test_the_result_json_holds_exactly_the_contract_s_keys() -> None:
     body = orjson.loads(result.to_json())
     assert tuple(sorted(body)) == RESULT_FIELDS
     assert body["kind"] == "performance" and body["schema_version"] == 1
-    assert body["baseline"] == {"recall": 0.8, "precision": 0.5, "f1": 0.6}
+    assert body["baseline"] == {
+        "recall": 0.8,
+        "precision": 0.5,
+        "f1": 0.6,
+        "tp": None,
+        "fp": None,
+        "fn": None,
+    }
     assert body["threshold"] == 0.5 and body["tp"] == 1 and body["precision"] == 1.0
     assert isinstance(result, PerformanceResult) and result.kind == "performance"
 
@@ -254,10 +261,18 @@ def test_bundle_baselines_read_the_manifest_and_a_version_without_a_bundle_has_n
         bundle,
         Manifest("v1", ["f"], 0.3, metrics={"recall": 0.81, "precision": 0.4, "f1": 0.53}),
     )
+    counted = tmp_path / "v3"
+    counted.mkdir()
+    matrix = [[9_000, 120], [19, 81]]  # [[tn, fp], [fn, tp]]
+    write_manifest(
+        counted,
+        Manifest("v3", ["f"], 0.3, metrics={"recall": 0.81, "confusion_matrix": matrix}),
+    )
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "manifest.json").write_text(json.dumps({"model_version": "v2"}))
     baselines = BundleBaselines(TemplateLocator(str(tmp_path / "{version}")))
     assert baselines("v1") == Baseline(0.81, 0.4, 0.53)
+    assert baselines("v3") == Baseline(0.81, None, None, tp=81, fp=120, fn=19)
     assert baselines("v9") is None
     assert baselines("v2") is None  # unreadable manifest: no baseline, no crash
 

@@ -104,7 +104,13 @@ def test_one_result_per_version_with_every_field_of_the_contract() -> None:
         tested = [name for name in NAMES if name not in CALENDAR_FEATURES]
         assert sorted(record["features"]) == sorted(tested)
         for test in record["features"].values():
-            assert sorted(test) == ["is_drift", "p_value", "statistic"]
+            assert sorted(test) == [
+                "design_effect",
+                "iid_p_value",
+                "is_drift",
+                "p_value",
+                "statistic",
+            ]
             assert 0 <= test["p_value"] <= 1 and 0 <= test["statistic"] <= 1
             assert test["is_drift"] == (test["p_value"] < record["threshold"])
         assert record["excluded"] == list(CALENDAR_FEATURES)
@@ -123,7 +129,13 @@ def test_one_result_per_version_with_every_field_of_the_contract() -> None:
     # v1's reference has no scores, v2's has: one more column in v2's corrected family.
     assert first["score"] is None and not first["score_monitored"]
     assert first["threshold"] == pytest.approx(0.05 / len(tested))
-    assert sorted(second["score"]) == ["is_drift", "p_value", "statistic"]
+    assert sorted(second["score"]) == [
+        "design_effect",
+        "iid_p_value",
+        "is_drift",
+        "p_value",
+        "statistic",
+    ]
     assert second["score_monitored"]
     assert second["threshold"] == pytest.approx(0.05 / (len(tested) + 1))
 
@@ -141,7 +153,12 @@ def test_a_window_below_the_minimum_is_reported_untested() -> None:
     record = orjson.loads(v2.to_json())
     assert record["is_drift"] is False and record["threshold"] is None
     assert record["features"] == {} and record["drifted"] == [] and record["score"] is None
-    assert record["reference"] == {"rows": 0, "total_rows": 3_000, "matched_on": []}
+    assert record["reference"] == {
+        "rows": 0,
+        "total_rows": 3_000,
+        "matched_on": [],
+        "calibration": None,
+    }
     assert record["size"] == 50 and record["window_records"] == 200
 
 

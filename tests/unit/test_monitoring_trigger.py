@@ -20,6 +20,7 @@ from fraud_detection.monitoring.trigger import (
     ServedModel,
     TriggerConfig,
     TriggerState,
+    baseline_lower_bounds,
     decide,
     parse_result,
     pooled_performance,
@@ -200,6 +201,25 @@ def test_low_windows_within_chance_do_not_fire() -> None:
     many = [perf(0, True, frauds=200), perf(1, False, frauds=200), perf(2, True, frauds=200)]
     _, decisions = feed(many)
     assert decisions[2] is not None and decisions[2].fired
+
+
+def test_a_baseline_measured_on_few_frauds_needs_a_larger_drop() -> None:
+    """The same live windows against the same baseline recall (0.80): measured on 1,000 test
+    frauds the drop is beyond chance; on 25 it could be the baseline's own luck."""
+
+    def against(tp: int, fn: int) -> list[PerformanceResult]:
+        windows = [perf(day, True, recall=0.68, frauds=120) for day in range(3)]
+        for window in windows:
+            window.baseline.update({"tp": tp, "fp": 3 * tp, "fn": fn})  # type: ignore[attr-defined]
+        return windows
+
+    _, decisions = feed(against(800, 200))
+    assert decisions[2] is not None and decisions[2].fired
+    _, decisions = feed(against(20, 5))
+    assert decisions == [None, None, None]
+    lows = baseline_lower_bounds({"recall": 0.8, "tp": 20, "fp": 60, "fn": 5}, 0.95)
+    assert 0.5 < lows["recall"] < 0.8 and 0 < lows["f1"] < lows["recall"]
+    assert baseline_lower_bounds({"recall": 0.8}, 0.95) == {}
 
 
 def test_pooled_bounds_are_the_wilson_upper_ends() -> None:

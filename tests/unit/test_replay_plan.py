@@ -192,6 +192,18 @@ def test_the_pacer_keeps_an_absolute_schedule() -> None:
     assert clock.slept == pytest.approx([0.7, 0.2])
 
 
+def test_a_hold_moves_the_schedule_on_instead_of_bursting_after_it() -> None:
+    clock = FakeClock()
+    pacer = Pacer(10.0, clock=lambda: clock.now, sleep=clock.sleep)
+    pacer.wait(0)
+    held_for = iter([True] * 26 + [False])  # held: asked once, then 25 polls of 0.2 s
+    assert pacer.hold(lambda: next(held_for)) == pytest.approx(5.0)
+    before = clock.now
+    pacer.wait(10)  # due 1 s after the start, which the 5 s hold moved on to 105.0
+    assert clock.now == pytest.approx(before + 1.0)
+    assert pacer.hold(lambda: False) == 0.0
+
+
 def test_a_zero_rate_never_waits() -> None:
     clock = FakeClock()
     pacer = Pacer(0.0, clock=lambda: clock.now, sleep=clock.sleep)

@@ -22,6 +22,16 @@ reference); :attr:`DriftTest.matched_on` says which was used. The calendar featu
 The draw is seeded from the window's id, so a window formed twice (after a restart) gets the
 same reference rows and the same result.
 
+**Records that are not independent.** A window is consecutive records: merchants and cards recur
+in it and share their daily counts, so it carries less information than as many independent
+records and alibi-detect's p-values (which assume independence) are too small. By default
+(``calibrate``), each column's effective size is divided by its design effect, estimated once per
+reference from the reference's own contiguous blocks against random draws of the same hours
+(:mod:`fraud_detection.monitoring.calibration`, :func:`calibration_of`); the p-value is then the
+Kolmogorov distribution's with that size. A column with design effect 1 keeps alibi-detect's
+p-value exactly; :attr:`ColumnTest.iid_p_value` keeps alibi-detect's in every case, and
+:attr:`DriftTest.calibration` says whether the reference could be calibrated and why not.
+
 alibi-detect is imported when the first window is tested (about 10 s: it pulls in
 ``transformers``); :func:`preload` imports it ahead of time, e.g. in a thread at start-up.
 """
@@ -29,13 +39,23 @@ alibi-detect is imported when the first window is tested (about 10 s: it pulls i
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from fraud_detection.monitoring.calibration import (
+    Calibration,
+    calibrate,
+    corrected_p_values,
+    effective_size,
+    not_calibrated,
+)
 from fraud_detection.monitoring.reference import DriftReference
 from fraud_detection.monitoring.windows import VersionSlice
+
+log = logging.getLogger(__name__)
 
 #: The features that are the clock; excluded from the tests by default.
 CALENDAR_FEATURES: tuple[str, ...] = ("hour", "is_night", "is_weekend")
@@ -59,6 +79,8 @@ class DetectorConfig:
         excluded: features not tested.
         match_time: compare with reference rows of the window's hours (module docstring).
         seed: mixed into every window's seed for the reference draw.
+        calibrate: divide each column's effective size by its design effect, estimated from
+            the reference's blocks (module docstring); off: alibi-detect's p-values.
     """
 
     p_val: float = DEFAULT_P_VAL
@@ -66,6 +88,7 @@ class DetectorConfig:
     excluded: tuple[str, ...] = CALENDAR_FEATURES
     match_time: bool = True
     seed: int = 0
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.p_val < 1.0:
@@ -78,12 +101,27 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ColumnTest:
-    """The KS test of one column: statistic, p-value, and whether it is below the threshold."""
+    """The KS test of one column.
+
+    Attributes:
+        name: the column.
+        statistic: the KS statistic (alibi-detect's distance).
+        p_value: the p-value with the column's design effect (alibi-detect's when it is 1).
+        is_drift: ``p_value`` below the corrected threshold.
+        iid_p_value: alibi-detect's p-value (records taken as independent).
+        design_effect: what the test's effective size was divided by (>= 1).
+    """
 
     name: str
     statistic: float
     p_value: float
     is_drift: bool
+    iid_p_value: float | None = None
+    design_effect: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.iid_p_value is None:
+            object.__setattr__(self, "iid_p_value", self.p_value)
 
 
 @dataclass(frozen=True)
@@ -97,6 +135,7 @@ class DriftTest:
         is_drift: any column below the threshold.
         reference_rows: the reference rows the window was compared with.
         matched_on: the strata the reference rows were matched on (empty: the whole reference).
+        calibration: the reference's design effects (None: not asked for).
     """
 
     features: tuple[ColumnTest, ...]
@@ -105,6 +144,7 @@ class DriftTest:
     is_drift: bool
     reference_rows: int
     matched_on: tuple[str, ...]
+    calibration: Calibration | None = None
 
     @property
     def drifted(self) -> list[str]:
@@ -195,28 +235,123 @@ def _strata_keys(values: np.ndarray, columns: Sequence[int]) -> np.ndarray:
     return keys
 
 
+def _matched_in(
+    pool: np.ndarray,
+    window: np.ndarray,
+    names: Sequence[str],
+    config: DetectorConfig,
+    rng: np.random.Generator,
+    min_rows: int,
+) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """Indices into ``pool`` (feature rows) matched to the window's strata, and the strata.
+
+    The strata coarsen (:data:`STRATA_FEATURES`, finest first) until the pool can supply them;
+    None when even the whole pool has fewer than ``min_rows`` rows.
+    """
+    everything = np.arange(pool.shape[0])
+    if config.match_time:
+        strata = [name for name in STRATA_FEATURES if name in names]
+        while strata:
+            columns = [names.index(name) for name in strata]
+            rows = matched_rows(
+                _strata_keys(pool, columns), _strata_keys(window, columns), rng, min_rows
+            )
+            if rows is not None:
+                return rows, tuple(strata)
+            strata = strata[:-1]
+    return (everything, ()) if len(everything) >= min_rows else None
+
+
 def _time_matched(
     reference: DriftReference, window: np.ndarray, config: DetectorConfig, seed: int
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """The reference rows to compare with (indices) and the strata they were matched on."""
-    everything = np.arange(reference.rows)
-    if not config.match_time:
-        return everything, ()
-    names = reference.feature_names
-    strata = [name for name in STRATA_FEATURES if name in names]
     rng = np.random.default_rng(seed)
-    while strata:
-        columns = [names.index(name) for name in strata]
-        rows = matched_rows(
-            _strata_keys(reference.features, columns),
-            _strata_keys(window, columns),
-            rng,
-            min(config.min_records, reference.rows),
+    min_rows = min(config.min_records, reference.rows)
+    matched = _matched_in(
+        reference.features, window, list(reference.feature_names), config, rng, min_rows
+    )
+    return matched if matched is not None else (np.arange(reference.rows), ())
+
+
+def tested_columns(
+    reference: DriftReference, config: DetectorConfig
+) -> tuple[list[int], list[str]]:
+    """The reference's feature columns a window is tested on and the names of every tested
+    column (the score last, as :data:`SCORE_NAME`, when the reference has scores)."""
+    names = reference.feature_names
+    columns = [index for index, name in enumerate(names) if name not in config.excluded]
+    tested = [names[index] for index in columns]
+    if reference.scores is not None:
+        tested.append(SCORE_NAME)
+    if not tested:
+        raise ValueError("no column to test: every feature is excluded and there are no scores")
+    return columns, tested
+
+
+def _tested_matrix(reference: DriftReference, columns: list[int]) -> np.ndarray:
+    matrix = reference.features[:, columns]
+    if reference.scores is not None:
+        matrix = np.column_stack([matrix, reference.scores])
+    return matrix
+
+
+def calibration_of(reference: DriftReference, config: DetectorConfig) -> Calibration:
+    """The design effects of ``reference``'s tested columns (:mod:`.calibration`), computed on
+    first use and kept with the reference; not calibrated when ``config.calibrate`` is off."""
+    key = (
+        "calibration",
+        config.calibrate,
+        config.excluded,
+        config.match_time,
+        config.min_records,
+        config.seed,
+    )
+    known = reference.derived.get(key)
+    if known is not None:
+        return known
+    columns, names = tested_columns(reference, config)
+    if not config.calibrate:
+        result = not_calibrated(names, 0, "calibration switched off")
+    else:
+        features = reference.features
+        feature_names = list(reference.feature_names)
+        min_rows = min(config.min_records, reference.rows)
+
+        def match(
+            pool: np.ndarray, sample: np.ndarray, rng: np.random.Generator
+        ) -> np.ndarray | None:
+            matched = _matched_in(
+                features[pool], features[sample], feature_names, config, rng, min_rows
+            )
+            return None if matched is None else pool[matched[0]]
+
+        strata = [feature_names.index(name) for name in STRATA_FEATURES if name in feature_names]
+        keys = (
+            _strata_keys(features, strata)
+            if config.match_time and strata
+            else np.zeros(reference.rows, dtype=np.int64)
         )
-        if rows is not None:
-            return rows, tuple(strata)
-        strata = strata[:-1]
-    return everything, ()
+        seed = window_seed(config.seed, f"calibration:{reference.model_version}")
+        result = calibrate(_tested_matrix(reference, columns), names, keys, match, min_rows, seed)
+    reference.derived[key] = result
+    if result.calibrated:
+        inflated = {
+            name: round(d, 2)
+            for name, d in zip(result.names, result.block_design_effects, strict=True)
+            if d > 1.0
+        }
+        log.info(
+            "drift reference of %s calibrated: %d blocks of %d rows; design effects above 1 "
+            "(at a block's size): %s",
+            reference.model_version,
+            result.blocks,
+            result.block_rows,
+            inflated or "none",
+        )
+    else:
+        log.info("drift reference of %s not calibrated: %s", reference.model_version, result.reason)
+    return result
 
 
 def detect_drift(part: VersionSlice, config: DetectorConfig, seed: int) -> DriftTest | None:
@@ -230,21 +365,31 @@ def detect_drift(part: VersionSlice, config: DetectorConfig, seed: int) -> Drift
     if part.size < config.min_records:
         return None
     reference = part.reference
-    names = reference.feature_names
-    columns = [index for index, name in enumerate(names) if name not in config.excluded]
+    columns, tested_names = tested_columns(reference, config)
+    calibration = calibration_of(reference, config)
     rows, matched_on = _time_matched(reference, part.values, config, seed)
-    tested_names = [names[index] for index in columns]
-    reference_matrix = reference.features[np.ix_(rows, columns)]
+    reference_matrix = _tested_matrix(reference, columns)[rows]
     window_matrix = part.values[:, columns]
     with_score = reference.scores is not None
     if with_score:
-        reference_matrix = np.column_stack([reference_matrix, reference.scores[rows]])
         window_matrix = np.column_stack([window_matrix, part.scores])
-        tested_names.append(SCORE_NAME)
-    if not tested_names:
-        raise ValueError("no column to test: every feature is excluded and there are no scores")
-    tests, threshold, is_drift = ks_drift(
-        reference_matrix, window_matrix, tested_names, config.p_val
-    )
+    tests, threshold, _ = ks_drift(reference_matrix, window_matrix, tested_names, config.p_val)
+    n_e = effective_size(part.size, len(rows))
+    effects = calibration.design_effects(n_e)
+    corrected = corrected_p_values([test.statistic for test in tests], n_e, effects)
+    tests = [
+        test
+        if effect <= 1.0
+        else ColumnTest(
+            test.name,
+            test.statistic,
+            float(p_value),
+            bool(p_value < threshold),
+            iid_p_value=test.p_value,
+            design_effect=float(effect),
+        )
+        for test, effect, p_value in zip(tests, effects, corrected, strict=True)
+    ]
+    is_drift = any(test.is_drift for test in tests)
     score = tests.pop() if with_score else None
-    return DriftTest(tuple(tests), score, threshold, is_drift, len(rows), matched_on)
+    return DriftTest(tuple(tests), score, threshold, is_drift, len(rows), matched_on, calibration)

@@ -49,6 +49,7 @@ import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from fraud_detection.metrics_registry import registry_or_new, show_at_zero
 from fraud_detection.monitoring.detector import SCORE_NAME
 from fraud_detection.monitoring.records import SKIP_REASONS
 
@@ -62,24 +63,24 @@ class MonitorMetrics:
     """The metrics of one monitor, registered in ``registry`` (a new one by default)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import Counter, Gauge
 
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        r = self.registry = registry_or_new(registry)
         self.consumed = Counter(
             "fraud_monitor_records_consumed",
             "Records read from the mirror topic.",
             ["partition"],
             registry=r,
         )
-        self.skipped = Counter(
-            "fraud_monitor_records_skipped",
-            "Records the drift monitor skipped, by reason.",
-            ["reason"],
-            registry=r,
+        self.skipped = show_at_zero(
+            Counter(
+                "fraud_monitor_records_skipped",
+                "Records the drift monitor skipped, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            SKIP_REASONS,
         )
-        for reason in SKIP_REASONS:  # every reason shows, at 0 until it happens
-            self.skipped.labels(reason=reason)
         self.windows = Counter(
             "fraud_monitor_windows", "Window results written.", ["model_version"], registry=r
         )
@@ -172,14 +173,14 @@ _JOIN_COUNTERS: dict[tuple[str, str], str] = {
 
 class PerformanceMetrics:
     """The performance monitor's metrics, registered in ``registry`` (the drift monitor's, so
-    one ``/metrics`` serves both)."""
+    one ``/metrics`` serves both; a new one by default)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         from prometheus_client import Counter, Gauge
 
         from fraud_detection.streaming.labels import BAD_REASONS
 
-        r = self.registry = registry
+        r = self.registry = registry_or_new(registry)
         self.recall = Gauge(
             "fraud_monitor_performance_recall",
             "Recall of the latest complete performance window.",
@@ -213,22 +214,24 @@ class PerformanceMetrics:
         self.labels_consumed = Counter(
             "fraud_monitor_labels_consumed", "Records read from the labels topic.", registry=r
         )
-        self.labels_skipped = Counter(
-            "fraud_monitor_labels_skipped",
-            "Labels not counted, by reason.",
-            ["reason"],
-            registry=r,
+        self.labels_skipped = show_at_zero(
+            Counter(
+                "fraud_monitor_labels_skipped",
+                "Labels not counted, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            (*BAD_REASONS, *LABEL_SKIP_REASONS),
         )
-        for reason in (*BAD_REASONS, *LABEL_SKIP_REASONS):
-            self.labels_skipped.labels(reason=reason)
-        self.scores_dropped = Counter(
-            "fraud_monitor_performance_scores_dropped",
-            "Scored transactions dropped from the join without a label, by reason.",
-            ["reason"],
-            registry=r,
+        self.scores_dropped = show_at_zero(
+            Counter(
+                "fraud_monitor_performance_scores_dropped",
+                "Scored transactions dropped from the join without a label, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            SCORE_DROP_REASONS,
         )
-        for reason in SCORE_DROP_REASONS:
-            self.scores_dropped.labels(reason=reason)
         self.records_skipped = Counter(
             "fraud_monitor_performance_records_skipped",
             "Mirror records the performance monitor could not use, by reason.",

@@ -35,7 +35,9 @@ Pure: no Kafka, no clock; the whole state is a JSON-able dict.
 ``recall``          tp / (tp + fn), ``precision`` tp / (tp + fp), ``f1`` 2tp / (2tp + fp + fn);
 ``precision``       each null when its denominator is 0
 ``f1``
-``baseline``        ``{"recall", "precision", "f1"}`` from the bundle's manifest, or null
+``baseline``        ``{"recall", "precision", "f1"}`` from the bundle's manifest, and the
+                    test set's ``tp``, ``fp``, ``fn`` behind them (null when not recorded);
+                    or null
 ``tolerance``       how far below the baseline is tolerated
 ``below_baseline``  complete, and recall or F1 more than ``tolerance`` below the baseline
 ``as_of``           the latest ``labelled_at`` counted, or null
@@ -166,24 +168,42 @@ def _finite(value: Any) -> bool:
 # ----------------------------------------------------------------------------------- baselines
 @dataclass(frozen=True)
 class Baseline:
-    """A model version's metrics at training, at its threshold (None: not recorded)."""
+    """A model version's metrics at training, at its threshold (None: not recorded), and the
+    test set's counts they come from (``tp``, ``fp``, ``fn``; None when the manifest has no
+    confusion matrix): the baseline is an estimate too, and its counts say how precise."""
 
     recall: float | None
     precision: float | None
     f1: float | None
+    tp: int | None = None
+    fp: int | None = None
+    fn: int | None = None
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, float | int | None]:
         """The JSON object."""
         return asdict(self)
 
 
 def baseline_from_metrics(metrics: Mapping[str, Any]) -> Baseline | None:
-    """The baseline in a manifest's ``metrics`` (None when it records none of them)."""
+    """The baseline in a manifest's ``metrics`` (None when it records none of them), with the
+    counts of its ``confusion_matrix`` (``[[tn, fp], [fn, tp]]``) when it has a valid one."""
     values = {name: metrics.get(name) for name in BASELINE_METRICS}
     clean = {name: float(v) if _finite(v) else None for name, v in values.items()}
     if all(v is None for v in clean.values()):
         return None
-    return Baseline(**clean)
+    return Baseline(**clean, **_confusion_counts(metrics.get("confusion_matrix")))
+
+
+def _confusion_counts(matrix: Any) -> dict[str, int]:
+    """``tp``, ``fp``, ``fn`` of a ``[[tn, fp], [fn, tp]]`` matrix of counts ({} if it is not)."""
+    try:
+        (tn, fp), (fn, tp) = matrix
+    except (TypeError, ValueError):
+        return {}
+    counts = (tn, fp, fn, tp)
+    if not all(type(v) is int and v >= 0 for v in counts):
+        return {}
+    return {"tp": tp, "fp": fp, "fn": fn}
 
 
 BaselineLookup = Callable[[str], "Baseline | None"]

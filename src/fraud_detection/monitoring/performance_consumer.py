@@ -209,11 +209,7 @@ class PerformanceMonitor:
         self.config = config
         self.baselines = baselines
         self.sinks = list(sinks)
-        if metrics is None:
-            from prometheus_client import CollectorRegistry
-
-            metrics = PerformanceMetrics(CollectorRegistry())
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else PerformanceMetrics()
         self.tracker = PerformanceTracker(config.performance)
         self.offsets: dict[tuple[str, int], int] = {}
         self.records_consumed = 0

@@ -28,6 +28,7 @@ from cloudevents.kafka import KafkaMessage, from_binary
 from fraud_detection.features import timestamp_to_micros
 from fraud_detection.schema import TIMESTAMP, TRANSACTION_ID
 from fraud_detection.serving.mirror import CE_TYPE
+from fraud_detection.streaming.record_error import RecordError
 
 #: The value's fields the monitor reads (as :func:`fraud_detection.serving.mirror.record_value`
 #: writes them).
@@ -73,14 +74,8 @@ SKIP_REASONS: tuple[str, ...] = (
 )
 
 
-class UnusableRecordError(ValueError):
+class UnusableRecordError(RecordError):
     """A record the monitor cannot use: its reason (:data:`SKIP_REASONS`), the field, why."""
-
-    def __init__(self, reason: str, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.reason = reason
-        self.field = field
-        self.detail = detail
 
 
 @dataclass(frozen=True)

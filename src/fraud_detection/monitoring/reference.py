@@ -20,10 +20,10 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,6 +63,8 @@ class DriftReference:
         features: the reference rows (rows x features, float64, read-only).
         scores: the model's score of each row, or None when the bundle has none.
         source: the file it was read from.
+        derived: what is computed once from the reference and kept with it, by key (e.g. the
+            detector's calibration, :func:`fraud_detection.monitoring.detector.calibration_of`).
     """
 
     model_version: str
@@ -70,6 +72,7 @@ class DriftReference:
     features: np.ndarray
     scores: np.ndarray | None
     source: Path
+    derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:

@@ -23,14 +23,19 @@ canary or a switch interleaves two). Its JSON object, keys sorted (:meth:`Window
 ``p_val``,             the significance level, the multiple-test correction, and the corrected
 ``correction``,        threshold each p-value is compared with (``p_val`` / tested columns;
 ``threshold``          null when not tested)
-``features``           per tested feature: ``statistic`` (KS), ``p_value``, ``is_drift``
+``features``           per tested feature: ``statistic`` (KS), ``p_value`` (with the column's
+                       design effect), ``is_drift``, ``iid_p_value`` (alibi-detect's, records
+                       taken as independent), ``design_effect`` (>= 1)
 ``score``              the same for ``fraud_probability``, or null when the reference has
                        no scores (``score_monitored`` false)
 ``excluded``           features not tested
 ``drifted``            the names of the columns below the threshold
 ``is_drift``           any column below the threshold
 ``reference``          ``rows`` compared with, ``total_rows`` of the version's reference,
-                       ``matched_on``: the strata the rows were drawn by (empty: all rows)
+                       ``matched_on``: the strata the rows were drawn by (empty: all rows),
+                       ``calibration``: whether the reference's design effects were estimated
+                       (``calibrated``, ``reason``, ``blocks``, ``block_rows``,
+                       ``design_effects``), null when not tested
 ``detector``           ``"alibi-detect KSDrift"``
 =====================  ===================================================================
 """
@@ -164,7 +169,13 @@ class WindowResult:
 
 
 def _column(test: ColumnTest) -> dict[str, Any]:
-    return {"statistic": test.statistic, "p_value": test.p_value, "is_drift": test.is_drift}
+    return {
+        "statistic": test.statistic,
+        "p_value": test.p_value,
+        "is_drift": test.is_drift,
+        "iid_p_value": test.iid_p_value,
+        "design_effect": test.design_effect,
+    }
 
 
 def evaluate_window(window: ClosedWindow, config: DetectorConfig) -> list[WindowResult]:
@@ -207,5 +218,10 @@ def _evaluate(window: ClosedWindow, part: VersionSlice, config: DetectorConfig) 
             "rows": test.reference_rows if test is not None else 0,
             "total_rows": reference.rows,
             "matched_on": list(test.matched_on) if test is not None else [],
+            "calibration": (
+                test.calibration.describe()
+                if test is not None and test.calibration is not None
+                else None
+            ),
         },
     )

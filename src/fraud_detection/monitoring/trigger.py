@@ -20,9 +20,10 @@ result (:func:`decide`):
   window of the episode);
 * **performance**: at least ``perf_k`` of the last ``perf_m`` *complete* performance windows are
   below the baseline minus the tolerance (windows still waiting for labels do not count), and
-  the drop is beyond chance: pooled over those windows, even the upper end of the ``confidence``
-  interval of recall (Wilson), or of F1 (from the upper ends of recall and precision), lies
-  below the baseline minus the tolerance;
+  the drop is beyond chance: pooled over those windows, the upper end of the ``confidence``
+  interval of recall (Wilson), or of F1 (from the upper ends of recall and precision), minus
+  the baseline lies below minus the tolerance; when the bundle records its test set's counts,
+  the baseline's own interval widens that of the difference (Newcombe's method);
 * **schedule**: the served model's training data ends more than ``max_model_age_days`` before
   the stream's time (the monthly retraining).
 
@@ -250,8 +251,12 @@ class TriggerConfig:
 
     ``confidence`` (0.95): even then, a day holds so few frauds that two low days in three
     happen by chance every few weeks; the rule also asks that the windows' pooled recall or F1
-    be below the baseline minus the tolerance beyond chance (the upper end of its interval),
-    so a retraining on performance needs evidence, not a point estimate.
+    be below the baseline minus the tolerance beyond chance, so a retraining on performance
+    needs evidence, not a point estimate. The baseline is an estimate too (a test week's few
+    hundred frauds, or fewer), so when the bundle records the test set's counts the chance
+    counts on both sides: the upper end of Newcombe's interval for the difference (live minus
+    baseline; Wilson intervals on each side, added in quadrature) must be below minus the
+    tolerance.
     """
 
     drift_k: int = 3
@@ -497,13 +502,18 @@ def performance_reason(windows: tuple[PerformanceResult, ...], config: TriggerCo
     latest = recent[-1]
     tolerance = latest.tolerance or 0.0
     pooled = pooled_performance(recent, config.confidence)
+    lows = baseline_lower_bounds(latest.baseline, config.confidence)
     parts = []
     for name in PERFORMANCE_METRICS:
         value, high = pooled[name]
         baseline = latest.baseline.get(name)
-        if value is not None and baseline is not None and high < baseline - tolerance:
+        if value is None or baseline is None:
+            continue
+        # Newcombe's interval for a difference: both ends' uncertainties, added in quadrature.
+        margin = math.hypot(high - value, baseline - lows.get(name, baseline))
+        if value + margin < baseline - tolerance:
             parts.append(
-                f"{name} {value:.2f} (at most {high:.2f}) < baseline {baseline:.2f} - "
+                f"{name} {value:.2f} (at most {value + margin:.2f}) < baseline {baseline:.2f} - "
                 f"{tolerance:.2f}"
             )
     if not parts:
@@ -541,6 +551,26 @@ def pooled_performance(
         else 0.0
     )
     return {"recall": (recall, recall_high), "f1": (f1, f1_high)}
+
+
+def baseline_lower_bounds(baseline: Mapping[str, float], confidence: float) -> dict[str, float]:
+    """The lower ends of the baseline's recall and F1 (Wilson; F1 of the lower ends of recall
+    and precision), from the test set's ``tp``, ``fp``, ``fn`` it carries ({} without them)."""
+    from fraud_detection.training.evaluate import wilson_interval
+
+    counts = [baseline.get(name) for name in ("tp", "fp", "fn")]
+    if any(count is None or count < 0 for count in counts):
+        return {}
+    tp, fp, fn = (round(count) for count in counts)  # type: ignore[arg-type]
+    if tp + fn == 0 or tp + fp == 0:
+        return {}
+    recall_low = wilson_interval(tp, tp + fn, confidence)[0]
+    precision_low = wilson_interval(tp, tp + fp, confidence)[0]
+    total = recall_low + precision_low
+    return {
+        "recall": recall_low,
+        "f1": 2 * recall_low * precision_low / total if total > 0 else 0.0,
+    }
 
 
 def schedule_reason(model: ServedModel, now: datetime, config: TriggerConfig) -> str | None:

@@ -38,6 +38,7 @@ left running: it belongs to the cluster.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from fraud_detection.metrics_registry import registry_or_new, show_at_zero
 from fraud_detection.monitoring.trigger import (
     BAD_REASONS,
     DRIFT_KIND,
@@ -129,36 +131,37 @@ class TriggerMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import Counter, Gauge
 
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        r = self.registry = registry_or_new(registry)
         self.results = Counter(
             "fraud_trigger_results", "Monitoring records read, by kind.", ["kind"], registry=r
         )
-        self.skipped = Counter(
-            "fraud_trigger_records_skipped",
-            "Bad records skipped, by reason.",
-            ["reason"],
-            registry=r,
+        self.skipped = show_at_zero(
+            Counter(
+                "fraud_trigger_records_skipped",
+                "Bad records skipped, by reason.",
+                ["reason"],
+                registry=r,
+            ),
+            BAD_REASONS,
         )
-        for reason in BAD_REASONS:
-            self.skipped.labels(reason=reason)
-        self.decisions = Counter(
-            "fraud_trigger_decisions",
-            "Decisions of each rule that held: fired, or suppressed (in_flight, cool_down).",
-            ["rule", "action"],
-            registry=r,
+        self.decisions = show_at_zero(
+            Counter(
+                "fraud_trigger_decisions",
+                "Decisions of each rule that held: fired, or suppressed (in_flight, cool_down).",
+                ["rule", "action"],
+                registry=r,
+            ),
+            itertools.product(RULES, ("fired", *SUPPRESSIONS)),
         )
-        for rule in RULES:
-            for action in ("fired", *SUPPRESSIONS):
-                self.decisions.labels(rule=rule, action=action)
         self.started = Counter("fraud_trigger_runs_started", "Runs started.", registry=r)
-        self.finished = Counter(
-            "fraud_trigger_runs_finished", "Runs ended, by outcome.", ["outcome"], registry=r
+        self.finished = show_at_zero(
+            Counter(
+                "fraud_trigger_runs_finished", "Runs ended, by outcome.", ["outcome"], registry=r
+            ),
+            OUTCOMES,
         )
-        for outcome in OUTCOMES:
-            self.finished.labels(outcome=outcome)
         self.in_flight = Gauge(
             "fraud_trigger_run_in_flight", "1 while a run is in flight.", registry=r
         )

@@ -501,7 +501,8 @@ class StackConfig:
     ``clock`` is the transformer's (``wall`` for live traffic, ``event`` for replays of past
     data); ``state_dir`` is where it checkpoints its live state (``None``: no checkpoints, and
     ``$FRAUD_SERVING_STATE_DIR`` is not passed on). ``max_restarts`` and ``restart_window_s``
-    are the supervisor's limit (:class:`RestartPolicy`).
+    are the supervisor's limit (:class:`RestartPolicy`). ``startup_timeout_s`` is how long
+    :meth:`ServingStack.start` waits for each server to be ready.
     """
 
     model_dir: Path | None = None
@@ -545,6 +546,8 @@ class ServingStack:
             raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {config.clock!r}")
         if config.checkpoint_interval_s is not None and not config.checkpoint_interval_s > 0:
             raise ValueError("checkpoint_interval_s must be positive")
+        if not 0 < config.startup_timeout_s < float("inf"):
+            raise ValueError(f"startup_timeout_s must be positive, got {config.startup_timeout_s}")
         self.config = config
         self.policy = config.restart_policy()
         self.predictor: ServerProcess | None = None

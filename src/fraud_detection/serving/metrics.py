@@ -2,7 +2,8 @@
 
 Every metric lives in prometheus_client's default registry (the one KServe exposes next to its
 latency histograms ``request_*_seconds``), is named ``fraud_*`` and has help text. They are
-created on first use, once per process (:func:`serving_metrics`); nothing happens at import.
+created on first use, once per process (:func:`serving_metrics`,
+:func:`~fraud_detection.metrics_registry.created_once`); nothing happens at import.
 
 Label values come from small fixed sets, never from a request: ``reason`` of a refused request
 is the name of its 4xx status (:data:`REJECTION_REASONS`, else ``other``), ``kind`` of a failed
@@ -36,10 +37,11 @@ The ``fraud_labels_*`` metrics belong to the transformer's labels consumer
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Mapping, Sized
 from typing import Any, NamedTuple
+
+from fraud_detection.metrics_registry import created_once, show_at_zero
 
 #: ``reason`` label of a refused request, by HTTP status; any other 4xx is ``other``.
 REJECTION_REASONS: Mapping[int, str] = {
@@ -104,45 +106,32 @@ class ServingMetrics(NamedTuple):
     live_cards: Any
 
 
-_METRICS: ServingMetrics | None = None
-_METRICS_LOCK = threading.Lock()
-
-
+@created_once
 def serving_metrics() -> ServingMetrics:
     """The process's serving metrics (created on first use, in the default registry)."""
-    metrics = _METRICS
-    if metrics is not None:
-        return metrics
-    with _METRICS_LOCK:
-        if _METRICS is None:
-            _create()
-        assert _METRICS is not None
-        return _METRICS
-
-
-def _create() -> None:
-    global _METRICS
     from prometheus_client import Counter, Gauge, Histogram, Info
 
-    rejected = Counter(
-        "fraud_requests_rejected",
-        "Requests refused with a 4xx answer, by reason (the status: "
-        + ", ".join(f"{status} {name}" for status, name in REJECTION_REASONS.items())
-        + f"; {OTHER_REASON} for any other 4xx).",
-        ["reason"],
+    rejected = show_at_zero(
+        Counter(
+            "fraud_requests_rejected",
+            "Requests refused with a 4xx answer, by reason (the status: "
+            + ", ".join(f"{status} {name}" for status, name in REJECTION_REASONS.items())
+            + f"; {OTHER_REASON} for any other 4xx).",
+            ["reason"],
+        ),
+        (*REJECTION_REASONS.values(), OTHER_REASON),
     )
-    for reason in (*REJECTION_REASONS.values(), OTHER_REASON):
-        rejected.labels(reason=reason)
-    predictor_failures = Counter(
-        "fraud_predictor_failures",
-        "Calls from the transformer to the predictor that failed, by kind (timeout, "
-        "connection: refused or reset, error_status: not a 200 answer, bad_response: "
-        "unreadable); each is answered 503.",
-        ["kind"],
+    predictor_failures = show_at_zero(
+        Counter(
+            "fraud_predictor_failures",
+            "Calls from the transformer to the predictor that failed, by kind (timeout, "
+            "connection: refused or reset, error_status: not a 200 answer, bad_response: "
+            "unreadable); each is answered 503.",
+            ["kind"],
+        ),
+        PREDICTOR_FAILURE_KINDS,
     )
-    for kind in PREDICTOR_FAILURE_KINDS:
-        predictor_failures.labels(kind=kind)
-    _METRICS = ServingMetrics(
+    return ServingMetrics(
         scored=Counter(
             "fraud_transactions_scored",
             "Transactions answered with a fraud probability (an identical retry counts again).",
@@ -253,42 +242,35 @@ class LabelsMetrics(NamedTuple):
     lag: Any
 
 
-_LABELS_METRICS: LabelsMetrics | None = None
-
-
+@created_once
 def labels_metrics() -> LabelsMetrics:
     """The process's labels metrics (created on first use, in the default registry)."""
-    global _LABELS_METRICS
-    with _METRICS_LOCK:
-        if _LABELS_METRICS is None:
-            from prometheus_client import Counter, Gauge
+    from prometheus_client import Counter, Gauge
 
-            applied = Counter(
+    return LabelsMetrics(
+        applied=show_at_zero(
+            Counter(
                 "fraud_labels_applied",
                 "Labels from the labels topic applied to merchant risk, by label (fraud, legit); "
                 "a duplicate counts again but changes nothing.",
                 ["label"],
-            )
-            for value in LABEL_VALUES:
-                applied.labels(label=value)
-            skipped = Counter(
+            ),
+            LABEL_VALUES,
+        ),
+        skipped=show_at_zero(
+            Counter(
                 "fraud_labels_skipped",
                 "Label records not applied, by reason (not_json, missing_field, invalid_value: "
                 "unusable; unknown_transaction: no merchant and time in the label and none "
                 "remembered; too_old: older than any feature window can see).",
                 ["reason"],
-            )
-            for reason in LABEL_SKIP_REASONS:
-                skipped.labels(reason=reason)
-            _LABELS_METRICS = LabelsMetrics(
-                applied=applied,
-                skipped=skipped,
-                lag=Gauge(
-                    "fraud_labels_lag",
-                    "Label records in the labels topic not read yet by the transformer.",
-                ),
-            )
-        return _LABELS_METRICS
+            ),
+            LABEL_SKIP_REASONS,
+        ),
+        lag=Gauge(
+            "fraud_labels_lag", "Label records in the labels topic not read yet by the transformer."
+        ),
+    )
 
 
 def count_labels(outcomes: Mapping[str, int]) -> None:

@@ -82,6 +82,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from fraud_detection.features import FEATURE_NAMES
+from fraud_detection.metrics_registry import created_once
 
 log = logging.getLogger(__name__)
 
@@ -198,33 +199,24 @@ class _Metrics(NamedTuple):
     queued: Any
 
 
-_METRICS: _Metrics | None = None
-_METRICS_LOCK = threading.Lock()
-
-
+@created_once
 def mirror_metrics() -> _Metrics:
     """The process's Prometheus mirror metrics (created on first use, in the default registry)."""
-    global _METRICS
-    with _METRICS_LOCK:
-        if _METRICS is None:
-            from prometheus_client import Counter, Gauge
+    from prometheus_client import Counter, Gauge
 
-            _METRICS = _Metrics(
-                sent=Counter(
-                    "fraud_mirror_sent", "Scored transactions mirrored to Kafka (acknowledged)."
-                ),
-                dropped=Counter(
-                    "fraud_mirror_dropped",
-                    "Scored transactions not mirrored to Kafka, by reason.",
-                    ["reason"],
-                ),
-                queued=Gauge(
-                    "fraud_mirror_queue_depth",
-                    "Mirror records accepted and not yet acknowledged or dropped "
-                    "(buffered, queued, or in flight).",
-                ),
-            )
-        return _METRICS
+    return _Metrics(
+        sent=Counter("fraud_mirror_sent", "Scored transactions mirrored to Kafka (acknowledged)."),
+        dropped=Counter(
+            "fraud_mirror_dropped",
+            "Scored transactions not mirrored to Kafka, by reason.",
+            ["reason"],
+        ),
+        queued=Gauge(
+            "fraud_mirror_queue_depth",
+            "Mirror records accepted and not yet acknowledged or dropped "
+            "(buffered, queued, or in flight).",
+        ),
+    )
 
 
 class _MetricsExport:

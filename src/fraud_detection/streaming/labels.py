@@ -29,6 +29,7 @@ import orjson
 
 from fraud_detection.features import timestamp_to_micros
 from fraud_detection.schema import LABEL, MERCHANT_ID, TIMESTAMP, TRANSACTION_ID
+from fraud_detection.streaming.record_error import RecordError
 
 LABELLED_AT = "labelled_at"
 
@@ -40,14 +41,8 @@ BAD_INVALID_VALUE = "invalid_value"
 BAD_REASONS: tuple[str, ...] = (BAD_NOT_JSON, BAD_MISSING_FIELD, BAD_INVALID_VALUE)
 
 
-class LabelRecordError(ValueError):
+class LabelRecordError(RecordError):
     """A label record that cannot be used: its reason (:data:`BAD_REASONS`), the field, why."""
-
-    def __init__(self, reason: str, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.reason = reason
-        self.field = field
-        self.detail = detail
 
 
 @dataclass(frozen=True)
