@@ -46,7 +46,7 @@ format: install ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
 
-demo: install ## The whole loop on generated data: train, serve, replay with delayed labels, monitor, retrain on drift, promote (about 6 minutes)
+demo: install ## The whole loop on generated data: train, serve, replay with delayed labels, monitor, retrain on drift, promote (about 5 minutes)
 	$(FRAUD) demo --out $(DEMO_DIR)
 
 demo-score: install ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions (about 2 minutes)

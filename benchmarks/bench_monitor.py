@@ -20,14 +20,19 @@ stationary until the drift day, drifted from it on. Then:
 * **memory**: the drift monitor (:class:`~fraud_detection.monitoring.consumer.DriftMonitor`,
   as ``fraud monitor`` runs it) in a process of its own reads
   ``--memory-records`` records (the stationary days again and again, with new transaction ids,
-  moved on by whole weeks); its resident memory (RSS) is read when it has consumed 0, a quarter,
-  half and all of them.
+  moved on by whole weeks); its resident memory (RSS), and the broker's, are read when it has
+  consumed 0, a quarter, half, three quarters and all of them. The records are produced as the
+  monitor goes, at most :data:`MEMORY_AHEAD` ahead of it, gzip-compressed in large batches: the
+  local broker keeps every record in memory (it cannot delete any), about 180 bytes per mirror
+  record so (about 1,450 with kafka-python's default small uncompressed batches), and a producer
+  that runs hundreds of thousands of records ahead of its reader was seen to stop delivering.
 
 Not a test: the figures depend on the machine. The full figures (a few minutes, plus about
-two minutes per million memory records):
+five minutes per million memory records on 2 loaded cores):
 
     .venv/bin/python benchmarks/bench_monitor.py --memory-records 1000000
 
+``--only memory`` runs the memory phase alone (after the data and the reference are made).
 ``--quick`` runs a smaller version of everything (less than a minute of work).
 """
 
@@ -77,9 +82,7 @@ from fraud_detection.schema import CARD_ID, LABEL, TIMESTAMP, TRANSACTION_ID
 from fraud_detection.serving.mirror import (
     MirrorConfig,
     MirrorEntry,
-    event_id,
-    record_headers,
-    record_value,
+    mirror_record,
 )
 from fraud_detection.streaming.broker import LocalBroker
 from fraud_detection.streaming.kafka import create_topics, make_consumer, make_producer
@@ -210,7 +213,7 @@ def mirror_records(
             0.1,
             VERSION,
         )
-        yield entry.card_id.encode(), record_value(entry), record_headers(config, event_id(tx))
+        yield mirror_record(config, entry)
 
 
 def produce(
@@ -395,17 +398,90 @@ def _consumed(port: int) -> int | None:
     return int(sum(float(value) for value in re.findall(pattern, text, re.MULTILINE)))
 
 
+#: The memory run's producer: gzip and large batches. Measured on tansu 0.6.0 (in-memory
+#: storage, ~1 KB mirror records): 180-290 B of broker memory per stored record instead of 1,450
+#: with kafka-python's defaults (16 KiB batches, no compression), and 3x the fetch rate.
+MEMORY_PRODUCER = {"compression_type": "gzip", "batch_size": 512 * 1024, "linger_ms": 50}
+#: How far the memory run's producer may run ahead of the monitor (records).
+MEMORY_AHEAD = 50_000
+#: Records sent between two flushes of the memory run's producer.
+MEMORY_CHUNK = 10_000
+#: A flush of one chunk that takes longer than this is a stalled producer.
+FLUSH_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One reading of the memory run: the mark aimed at, records consumed and produced, RSS."""
+
+    mark: int
+    consumed: int
+    produced: int
+    monitor_mib: float
+    broker_mib: float
+
+
+class PacedProducer(threading.Thread):
+    """Produces ``total`` records to ``topic``, never more than ``ahead`` past ``consumed``.
+
+    The records go out in chunks of :data:`MEMORY_CHUNK`, each flushed before the next, so the
+    producer never holds a large backlog and a stalled flush is reported (``error``) instead of
+    hanging; the broker holds at most ``ahead`` unread records beyond what the reader took.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        records: Iterator[tuple[bytes, bytes, list]],
+        total: int,
+        ahead: int = MEMORY_AHEAD,
+    ) -> None:
+        super().__init__(name="paced-producer", daemon=True)
+        self.bootstrap, self.topic, self.records = bootstrap, topic, records
+        self.total, self.ahead = total, ahead
+        self.consumed = 0
+        self.produced = 0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        """Send chunk after chunk while the reader keeps up; flush each one."""
+        try:
+            producer = make_producer(self.bootstrap, acks=1, **MEMORY_PRODUCER)
+            try:
+                while self.produced < self.total and not self.stop.is_set():
+                    allowed = min(self.total, self.consumed + self.ahead) - self.produced
+                    if allowed <= 0:
+                        self.stop.wait(0.2)
+                        continue
+                    count = min(allowed, MEMORY_CHUNK)
+                    for _ in range(count):
+                        key, value, headers = next(self.records)
+                        producer.send(self.topic, key=key, value=value, headers=headers)
+                    producer.flush(timeout=FLUSH_TIMEOUT_S)
+                    self.produced += count
+            finally:
+                producer.close(timeout=10)
+        except BaseException as exc:
+            self.error = exc
+
+
 def memory_run(
     bootstrap: str,
+    broker_pid: int,
     registry: Path,
     traffic: Traffic,
     records: int,
     args: argparse.Namespace,
     workdir: Path,
     progress: Progress,
-) -> list[tuple[int, int, float]]:
-    """The drift monitor in its own process over ``records`` records: (mark, consumed, RSS MiB)
-    when it had consumed 0, 1/4, 1/2 and all of them."""
+) -> tuple[list[MemorySample], float]:
+    """The drift monitor in its own process over ``records`` records.
+
+    Returns a :class:`MemorySample` when it had consumed 0, 1/4, 1/2, 3/4 and all of them, and
+    the largest monitor RSS (MiB) seen in between (read every 0.25 s).
+    """
     import psutil
 
     create_topics(bootstrap, [MEMORY_TOPIC], partitions=1)
@@ -422,12 +498,22 @@ def memory_run(
         str(args.window),
         str(args.max_span),
     ]
-    marks = [0, records // 4, records // 2, records]
-    samples: list[tuple[int, int, float]] = []
+    marks = [0, records // 4, records // 2, 3 * records // 4, records]
+    samples: list[MemorySample] = []
+    broker = psutil.Process(broker_pid)
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    producer: PacedProducer | None = None
+    peak = 0.0
     try:
         rss = psutil.Process(process.pid)
+
+        def sample(mark: int, consumed: int) -> None:
+            produced = producer.produced if producer is not None else 0
+            monitor_mib = rss.memory_info().rss / 2**20
+            broker_mib = broker.memory_info().rss / 2**20
+            samples.append(MemorySample(mark, consumed, produced, monitor_mib, broker_mib))
+
         deadline = time.monotonic() + 180
         while not all(
             text in log_path.read_text() for text in ("alibi-detect imported", "assigned")
@@ -435,15 +521,14 @@ def memory_run(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the monitor did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
-        samples.append((0, _consumed(port) or 0, rss.memory_info().rss / 2**20))
+        sample(0, _consumed(port) or 0)
         stationary = traffic.stationary
         week = 7 * MICROS_PER_DAY
         span = traffic.times[stationary].max() - traffic.times[stationary].min()
         shift = int(-(-(span + MICROS_PER_DAY) // week) * week)  # whole weeks: same weekdays
         cycles = (mirror_records(traffic, stationary, cycle, shift) for cycle in range(10**6))
-        stream = (record for cycle in cycles for record in cycle)
-        producer = threading.Thread(
-            target=produce, args=(bootstrap, MEMORY_TOPIC, stream, records, progress), daemon=True
+        producer = PacedProducer(
+            bootstrap, MEMORY_TOPIC, (record for cycle in cycles for record in cycle), records
         )
         producer.start()
         task = progress.add_task("drift monitor (own process)", total=records)
@@ -452,26 +537,34 @@ def memory_run(
         while pending:
             if process.poll() is not None:
                 raise RuntimeError(f"the monitor exited: {log_path.read_text()[-2000:]}")
+            if producer.error is not None:
+                raise RuntimeError(
+                    f"the producer failed after {producer.produced:,} records"
+                ) from producer.error
             now = _consumed(port) or 0
             if now > consumed:
                 consumed, moved = now, time.monotonic()
+                producer.consumed = consumed
             elif time.monotonic() - moved > STALL_S:
                 raise RuntimeError(
                     f"no record consumed for {STALL_S:.0f} s, at {consumed:,} of {records:,} "
-                    "(the producer or the broker stalled)"
+                    f"({producer.produced:,} produced)"
                 )
+            peak = max(peak, rss.memory_info().rss / 2**20)
             progress.update(task, completed=consumed)
             while pending and consumed >= pending[0]:
-                samples.append((pending.pop(0), consumed, rss.memory_info().rss / 2**20))
+                sample(pending.pop(0), consumed)
             time.sleep(0.25)
-        producer.join(60)
     finally:
+        if producer is not None:
+            producer.stop.set()
+            producer.join(FLUSH_TIMEOUT_S)
         process.terminate()
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
-    return samples
+    return samples, peak
 
 
 def monitor_process(
@@ -528,14 +621,148 @@ def parse_args() -> argparse.Namespace:
         help="records the monitor process reads for the memory figure (0: skip it); the full "
         "figure is 1000000",
     )
+    parser.add_argument(
+        "--only",
+        choices=("memory",),
+        default=None,
+        help="run only this phase (memory: the monitor's RSS over --memory-records records)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    if args.only == "memory" and args.memory_records <= 0:
+        parser.error("--only memory needs --memory-records > 0")
     if args.quick:
         given = set(sys.argv[1:])
         for name, value in QUICK.items():
             if f"--{name.replace('_', '-')}" not in given:
                 setattr(args, name, value)
     return args
+
+
+@dataclass(frozen=True)
+class DetectionFigures:
+    """What the throughput, false-alarm and delay phases measured."""
+
+    expected: int
+    produce_s: float
+    raw_rate: float
+    monitor_rate: float
+    per_window_s: float
+    reference_rows: int
+    runs: dict[str, list[dict]]
+
+
+def detection_phases(
+    bootstrap: str,
+    registry: Path,
+    traffic: Traffic,
+    windows: WindowConfig,
+    workdir: Path,
+    progress: Progress,
+) -> DetectionFigures:
+    """Throughput over Kafka, then the same windows without Kafka (with and without matching)."""
+    expected = len(traffic.frame)
+    create_topics(bootstrap, [TOPIC], partitions=1)
+    produce_s = produce(bootstrap, TOPIC, mirror_records(traffic), expected, progress)
+    raw_rate = raw_consume(bootstrap, expected)
+    monitor_rate, monitored = monitor_run(bootstrap, registry, expected, windows, workdir, progress)
+    reference = load_reference(registry / "versions" / VERSION)
+    timed = time.perf_counter()
+    offline = offline_windows(
+        traffic, reference, windows, DetectorConfig(), progress, "same, no Kafka"
+    )
+    per_window = (time.perf_counter() - timed) / max(len(offline), 1)
+    unmatched = offline_windows(
+        traffic, reference, windows, DetectorConfig(match_time=False), progress, "no time matching"
+    )
+    runs = {
+        "time-matched: the monitor over Kafka": monitored,
+        "time-matched: no Kafka (check)": offline,
+        "whole reference (no matching)": unmatched,
+    }
+    return DetectionFigures(
+        expected, produce_s, raw_rate, monitor_rate, per_window, reference.rows, runs
+    )
+
+
+def print_detection(
+    console: Console, figures: DetectionFigures, traffic: Traffic, args: argparse.Namespace
+) -> None:
+    """Tables (a) throughput, (b) false alarms, (c) detection delay."""
+    expected = figures.expected
+    throughput = Table(title="(a) drift monitor throughput (1 partition, tansu on loopback)")
+    for column in ("phase", "records", "records/s"):
+        throughput.add_column(column, justify="left" if column == "phase" else "right")
+    throughput.add_row(
+        "mirror records produced", f"{expected:,}", f"{expected / figures.produce_s:,.0f}"
+    )
+    throughput.add_row(
+        "raw consume (group, after join)", f"{expected:,}", f"{figures.raw_rate:,.0f}"
+    )
+    throughput.add_row(
+        "drift monitor (after join)", f"{expected:,}", f"{figures.monitor_rate:,.0f}"
+    )
+    console.print(throughput)
+    console.print(
+        f"monitor / raw consume: {figures.monitor_rate / figures.raw_rate:.2f}; one window's test "
+        f"without Kafka (window {args.window:,}, reference {figures.reference_rows:,} rows): "
+        f"{figures.per_window_s * 1e3:.1f} ms"
+    )
+
+    monitored = figures.runs["time-matched: the monitor over Kafka"]
+    spans = [result["span_seconds"] / 3_600 for result in monitored]
+    alarms = Table(
+        title=f"(b) false alarms on stationary time-ordered windows, the export's reference "
+        f"(p_val {DEFAULT_P_VAL}, Bonferroni; windows of {args.window:,} records or "
+        f"{args.max_span / 3_600:g} h: median span {np.median(spans):.1f} h)"
+    )
+    for column in ("comparison", "windows", "drift", "rate", f"<= {DEFAULT_P_VAL}", "raised by"):
+        alarms.add_column(column, justify="left" if column[0] in "cr" else "right")
+    for label, results in figures.runs.items():
+        alarms.add_row(*alarm_row(label, split_at_drift(results, traffic)[0], DEFAULT_P_VAL))
+    console.print(alarms)
+
+    delay = Table(
+        title=f"(c) detection delay: the generator's drift from day {args.drift_day} "
+        f"({pd.Timestamp(traffic.drift_start, unit='us', tz='UTC'):%Y-%m-%d %H:%M} UTC)"
+    )
+    for column in ("comparison", "flagged", "first", "records", "hours", "columns that flagged"):
+        delay.add_column(column, justify="right" if column in ("records", "hours") else "left")
+    for label, results in figures.runs.items():
+        delay.add_row(*detection_row(label, split_at_drift(results, traffic)[1], traffic))
+    console.print(delay)
+    console.print(
+        "records and hours: from the drift's first transaction to the end of the first flagged "
+        "window (transaction time)"
+    )
+
+
+def print_memory(
+    console: Console, samples: list[MemorySample], peak: float, args: argparse.Namespace
+) -> None:
+    """Table (d): the monitor's RSS (and the broker's) at 0, 1/4, 1/2, 3/4 and all records."""
+    table = Table(
+        title=f"(d) drift monitor resident memory (own process, windows of {args.window:,}; "
+        "the broker keeps every record: in-memory storage)"
+    )
+    for column in ("share", "records consumed", "monitor RSS MiB", "broker RSS MiB"):
+        table.add_column(column, justify="right")
+    for sample in samples:
+        share = sample.mark / args.memory_records
+        table.add_row(
+            f"{share:.0%}",
+            f"{sample.consumed:,}",
+            f"{sample.monitor_mib:,.0f}",
+            f"{sample.broker_mib:,.0f}",
+        )
+    console.print(table)
+    if len(samples) > 2:
+        growth = samples[-1].monitor_mib - samples[1].monitor_mib
+        console.print(
+            f"monitor growth from {samples[1].consumed:,} to {samples[-1].consumed:,} records: "
+            f"{growth:+.0f} MiB; largest RSS seen: {peak:,.0f} MiB "
+            f"(the full figure: --memory-records 1000000)"
+        )
 
 
 def main() -> None:
@@ -548,11 +775,13 @@ def main() -> None:
     started = time.perf_counter()
     with console.status("importing alibi-detect (not counted)"):
         preload()
+    detection: DetectionFigures | None = None
+    memory: list[MemorySample] = []
+    peak = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         workdir = Path(tmp)
         registry = workdir / "registry"
         traffic = prepare(args, console, registry)
-        expected = len(traffic.frame)
         windows = WindowConfig(size=args.window, max_span_s=args.max_span)
         columns = (
             "[progress.description]{task.description}",
@@ -561,32 +790,15 @@ def main() -> None:
             TimeElapsedColumn(),
         )
         with LocalBroker(topics=()) as broker, Progress(*columns, console=console) as progress:
-            create_topics(broker.bootstrap_servers, [TOPIC], partitions=1)
-            produce_s = produce(
-                broker.bootstrap_servers, TOPIC, mirror_records(traffic), expected, progress
-            )
-            raw_rate = raw_consume(broker.bootstrap_servers, expected)
-            monitor_rate, monitored = monitor_run(
-                broker.bootstrap_servers, registry, expected, windows, workdir, progress
-            )
-            reference = load_reference(registry / "versions" / VERSION)
-            timed = time.perf_counter()
-            offline = offline_windows(
-                traffic, reference, windows, DetectorConfig(), progress, "same, no Kafka"
-            )
-            per_window = (time.perf_counter() - timed) / max(len(offline), 1)
-            unmatched = offline_windows(
-                traffic,
-                reference,
-                windows,
-                DetectorConfig(match_time=False),
-                progress,
-                "no time matching",
-            )
-            memory = []
+            if args.only is None:
+                detection = detection_phases(
+                    broker.bootstrap_servers, registry, traffic, windows, workdir, progress
+                )
             if args.memory_records > 0:
-                memory = memory_run(
+                assert broker.pid is not None
+                memory, peak = memory_run(
                     broker.bootstrap_servers,
+                    broker.pid,
                     registry,
                     traffic,
                     args.memory_records,
@@ -594,65 +806,10 @@ def main() -> None:
                     workdir,
                     progress,
                 )
-
-    throughput = Table(title="(a) drift monitor throughput (1 partition, tansu on loopback)")
-    for column in ("phase", "records", "records/s"):
-        throughput.add_column(column, justify="left" if column == "phase" else "right")
-    throughput.add_row("mirror records produced", f"{expected:,}", f"{expected / produce_s:,.0f}")
-    throughput.add_row("raw consume (group, after join)", f"{expected:,}", f"{raw_rate:,.0f}")
-    throughput.add_row("drift monitor (after join)", f"{expected:,}", f"{monitor_rate:,.0f}")
-    console.print(throughput)
-    console.print(
-        f"monitor / raw consume: {monitor_rate / raw_rate:.2f}; one window's test without Kafka "
-        f"(window {args.window:,}, reference {reference.rows:,} rows): "
-        f"{per_window * 1e3:.1f} ms"
-    )
-
-    spans = [result["span_seconds"] / 3_600 for result in monitored]
-    alarms = Table(
-        title=f"(b) false alarms on stationary time-ordered windows, the export's reference "
-        f"(p_val {DEFAULT_P_VAL}, Bonferroni; windows of {args.window:,} records or "
-        f"{args.max_span / 3_600:g} h: median span {np.median(spans):.1f} h)"
-    )
-    for column in ("comparison", "windows", "drift", "rate", f"<= {DEFAULT_P_VAL}", "raised by"):
-        alarms.add_column(column, justify="left" if column[0] in "cr" else "right")
-    runs = {
-        "time-matched: the monitor over Kafka": monitored,
-        "time-matched: no Kafka (check)": offline,
-        "whole reference (no matching)": unmatched,
-    }
-    for label, results in runs.items():
-        alarms.add_row(*alarm_row(label, split_at_drift(results, traffic)[0], DEFAULT_P_VAL))
-    console.print(alarms)
-
-    delay = Table(
-        title=f"(c) detection delay: the generator's drift from day {args.drift_day} "
-        f"({pd.Timestamp(traffic.drift_start, unit='us', tz='UTC'):%Y-%m-%d %H:%M} UTC)"
-    )
-    for column in ("comparison", "flagged", "first", "records", "hours", "columns that flagged"):
-        delay.add_column(column, justify="right" if column in ("records", "hours") else "left")
-    for label, results in runs.items():
-        delay.add_row(*detection_row(label, split_at_drift(results, traffic)[1], traffic))
-    console.print(delay)
-    console.print(
-        "records and hours: from the drift's first transaction to the end of the first flagged "
-        "window (transaction time)"
-    )
-
+    if detection is not None:
+        print_detection(console, detection, traffic, args)
     if memory:
-        table = Table(
-            title=f"(d) drift monitor resident memory (own process, windows of {args.window:,})"
-        )
-        for column in ("records consumed", "RSS MiB"):
-            table.add_column(column, justify="right")
-        for _, consumed, rss in memory:
-            table.add_row(f"{consumed:,}", f"{rss:,.0f}")
-        console.print(table)
-        growth = memory[-1][2] - memory[1][2] if len(memory) > 2 else float("nan")
-        console.print(
-            f"growth from {memory[1][1]:,} to {memory[-1][1]:,} records: {growth:+.0f} MiB "
-            f"(the full figure: --memory-records 1000000)"
-        )
+        print_memory(console, memory, peak, args)
     console.print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -16,7 +16,7 @@
    and publishes each label ``label_delay_days`` (of data time) after its transaction, as
    chargebacks do. The traffic holds while a retraining run is in flight, and while the
    monitor trails it by more than two windows (:class:`TrafficGate`), so every decision falls
-   at the same place in data time on any machine.
+   at the same place in data time on any machine, within those two windows.
 5. **The loop**: the monitor is quiet before the drift and flags it after; the trigger starts a
    retraining run; a model that passes the gate is promoted and the servers follow it while
    the traffic flows.
@@ -338,7 +338,7 @@ class TrafficGate:
     The demo compresses weeks into minutes, so a run of a minute would otherwise span days of
     traffic, and a monitor a few seconds behind would decide days late; in production a run
     takes about an hour and the monitor keeps up. Holding the traffic keeps every decision at
-    the same place in data time on any machine, however fast it is.
+    the same place in data time on any machine (within ``max_lag_s``), however fast it is.
     """
 
     def __init__(self, paths: DemoPaths, max_lag_s: float) -> None:
@@ -592,7 +592,19 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
 def summarize(
     config: DemoConfig, paths: DemoPaths, first: str | None, served: str | None, console: Console
 ) -> dict[str, Any]:
-    """Print the timeline and the figures, write the report; return the outcome."""
+    """Print the timeline and the figures, write the report; return the outcome.
+
+    The loop closed when a retrained model was promoted while the traffic flowed, no request
+    failed, the monitor tested the model served at the end against its own reference, and that
+    model flagged drift in a smaller share of its windows than the first model did after the
+    drift day. The alarms do not all end within the demo: a level shift in spending moves the
+    features over 30 days of history (``card_mean_amt_30d``, and ``amt_deviation`` against it)
+    for 30 days, so each reference drawn before then is overtaken; the table shows which
+    columns each version still flagged.
+    """
+    import pandas as pd
+
+    from fraud_detection.data.generator import GeneratorConfig
     from fraud_detection.monitoring.report import render_monitoring_report
     from fraud_detection.monitoring.timeline import render_timeline, timeline_rows
 
@@ -607,26 +619,32 @@ def summarize(
     ]
     versions = drift_by_version(records)
     console.print(versions_table(versions, first))
+    drift_day = GeneratorConfig().start_timestamp + pd.Timedelta(days=config.drift_start_day)
+    after_drift = drift_by_version(records, since=drift_day.strftime("%Y-%m-%dT%H:%M:%S"))
+    first_share = drift_share(after_drift.get(first or ""))
     final = versions.get(served or "", {"tested": 0, "drifted": 0})
+    final_share = drift_share(final)
     outcome = {
         "first_model_version": first,
         "served_model_version": served,
         "retraining_runs_promoted": len(promoted),
         "requests_failed": replay["rejected_total"],
         "transactions_scored": replay["scored"],
-        "served_model_drift_windows": f"{final['drifted']} of {final['tested']}",
+        "first_model_drift_windows_after_the_drift_day": _share_text(after_drift.get(first or "")),
+        "served_model_drift_windows": _share_text(final),
         "report": str(paths.report),
         "loop_closed": bool(promoted)
         and served != first
         and replay["rejected_total"] == 0
-        and final["tested"] > 0
-        and final["drifted"] <= final["tested"] / 2,
+        and final_share is not None
+        and (first_share is None or final_share < first_share),
     }
     if outcome["loop_closed"]:
         verdict = (
             f"the loop closed: {len(promoted)} retrained model(s) promoted while traffic flowed, "
-            f"no request failed, and the model served at the end flagged drift in "
-            f"{outcome['served_model_drift_windows']} windows"
+            "no request failed, and the alarms fell: the model served at the end flagged drift "
+            f"in {outcome['served_model_drift_windows']} windows, the first model in "
+            f"{outcome['first_model_drift_windows_after_the_drift_day']} after the drift day"
         )
     else:
         verdict = (
@@ -640,15 +658,26 @@ def summarize(
     return outcome
 
 
-def drift_by_version(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model version, in the order served: tested drift windows, how many drifted, and
-    when its windows start and end (one result per ``window_id``)."""
+def _share_text(figures: dict[str, Any] | None) -> str:
+    """``drifted of tested`` (``0 of 0`` without windows)."""
+    figures = figures or {"tested": 0, "drifted": 0}
+    return f"{figures['drifted']} of {figures['tested']}"
+
+
+def drift_by_version(
+    records: Sequence[dict[str, Any]], since: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per model version, in the order served: tested drift windows, how many drifted, which
+    columns flagged how often, and when its windows start and end (one result per
+    ``window_id``; with ``since``, only the windows ending at or after it)."""
     seen: dict[str, dict[str, Any]] = {}
     versions: dict[str, dict[str, Any]] = {}
     for record in records:
         if record.get("kind") == "feature_drift" and record.get("tested"):
             seen[str(record.get("window_id"))] = record
     for record in sorted(seen.values(), key=lambda r: str(r.get("end"))):
+        if since is not None and str(record.get("end")) < since:
+            continue
         version = versions.setdefault(
             str(record.get("model_version")),
             {"tested": 0, "drifted": 0, "first": record.get("start"), "last": None},
@@ -656,24 +685,36 @@ def drift_by_version(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, A
         version["tested"] += 1
         version["drifted"] += bool(record.get("is_drift"))
         version["last"] = record.get("end")
+        flagged = version.setdefault("flagged", {})
+        for name in record.get("drifted") or ():
+            flagged[name] = flagged.get(name, 0) + 1
     return versions
 
 
+def drift_share(figures: dict[str, Any] | None) -> float | None:
+    """The share of a version's tested windows that drifted (None without any)."""
+    if not figures or not figures["tested"]:
+        return None
+    return figures["drifted"] / figures["tested"]
+
+
 def versions_table(versions: dict[str, dict[str, Any]], first: str | None) -> Any:
-    """A table of each served version's drift windows."""
+    """A table of each served version's drift windows and the columns that flagged most."""
     from rich.table import Table
 
     table = Table(title="drift windows by served model version")
-    for column in ("model version", "windows from", "to", "tested", "drifted"):
+    for column in ("model version", "windows from", "to", "tested", "drifted", "flagged most"):
         table.add_column(column)
     for version, figures in versions.items():
         label = f"{version} (first)" if version == first else version
+        flagged = sorted((figures.get("flagged") or {}).items(), key=lambda item: -item[1])
         table.add_row(
             label,
             str(figures["first"])[:16],
             str(figures["last"])[:16],
             str(figures["tested"]),
             str(figures["drifted"]),
+            ", ".join(f"{name} {count}" for name, count in flagged[:3]),
         )
     return table
 

@@ -37,10 +37,8 @@ from fraud_detection.schema import is_flagged
 from fraud_detection.serving.mirror import (
     MirrorConfig,
     MirrorEntry,
-    event_id,
     iso_timestamp,
-    record_headers,
-    record_value,
+    mirror_record,
 )
 from fraud_detection.streaming.broker import LocalBroker, free_port
 from fraud_detection.streaming.kafka import create_topics, make_producer, read_topic
@@ -89,11 +87,8 @@ def produce_mirror(bootstrap: str, topic: str, entries: list[MirrorEntry]) -> No
     producer = make_producer(bootstrap, linger_ms=5)
     config = MirrorConfig("-", topic)
     for entry in entries:
-        producer.send(
-            topic,
-            value=record_value(entry),
-            headers=record_headers(config, event_id(entry.transaction_id)),
-        )
+        key, value, headers = mirror_record(config, entry)
+        producer.send(topic, key=key, value=value, headers=headers)
     producer.flush(timeout=60)
     producer.close()
 
