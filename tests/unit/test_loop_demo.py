@@ -14,6 +14,7 @@ from fraud_detection.loop_demo import (
     DemoPaths,
     TrafficGate,
     drift_by_version,
+    drift_share,
     iso_micros,
     monitor_position,
     read_jsonl,
@@ -30,6 +31,7 @@ def drift(window: str, version: str, end: str, is_drift: bool, tested: bool = Tr
         "end": end,
         "tested": tested,
         "is_drift": is_drift,
+        "drifted": ["log_amount"] if is_drift else [],
     }
 
 
@@ -49,8 +51,13 @@ def test_drift_windows_are_counted_per_version_once_each() -> None:
         "drifted": 1,
         "first": "2026-03-01T01",
         "last": "2026-03-01T02",
+        "flagged": {"log_amount": 1},
     }
     assert versions["v2"]["tested"] == 1 and versions["v2"]["drifted"] == 0
+    assert versions["v2"]["flagged"] == {}
+    later = drift_by_version(records, since="2026-03-01T02")
+    assert later["v1"]["tested"] == 1 and later["v1"]["drifted"] == 1
+    assert drift_share(later["v1"]) == 1.0 and drift_share(None) is None
 
 
 def test_runs_in_flight_come_from_the_trigger_events(tmp_path: Path) -> None:
