@@ -39,10 +39,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from fraud_detection.data.generator import GeneratorConfig
 
 #: Seconds to wait for the last retraining run, and for a process to stop.
 RUN_DEADLINE_S = 600.0
@@ -188,15 +191,11 @@ def fraud_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fraud_detection", *args]
 
 
-def generate_data(config: DemoConfig, paths: DemoPaths) -> tuple[int, int]:
-    """Write the history and the traffic; return their transaction counts."""
-    import pandas as pd
+def generator_config(config: DemoConfig) -> GeneratorConfig:
+    """The generator's settings for the demo's data."""
+    from fraud_detection.data.generator import GeneratorConfig
 
-    from fraud_detection.data.files import write_transactions
-    from fraud_detection.data.generator import GeneratorConfig, generate_transactions
-    from fraud_detection.schema import TIMESTAMP
-
-    generator = GeneratorConfig(
+    return GeneratorConfig(
         n_transactions=config.transactions,
         n_cards=config.cards,
         days=config.days,
@@ -204,6 +203,17 @@ def generate_data(config: DemoConfig, paths: DemoPaths) -> tuple[int, int]:
         seed=config.seed,
         drift_start_day=config.drift_start_day,
     )
+
+
+def generate_data(config: DemoConfig, paths: DemoPaths) -> tuple[int, int]:
+    """Write the history and the traffic; return their transaction counts."""
+    import pandas as pd
+
+    from fraud_detection.data.files import write_transactions
+    from fraud_detection.data.generator import generate_transactions
+    from fraud_detection.schema import TIMESTAMP
+
+    generator = generator_config(config)
     frame = generate_transactions(generator)
     cut = generator.start_timestamp + pd.Timedelta(days=config.days - config.replay_days)
     history, traffic = frame[frame[TIMESTAMP] < cut], frame[frame[TIMESTAMP] >= cut]
@@ -272,15 +282,7 @@ def background(log_dir: Path) -> Iterator[Processes]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (a partly written last line is left out)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            value = json.loads(line)
-            if isinstance(value, dict):
-                records.append(value)
-    return records
+    return JsonlTail(path).read()
 
 
 def runs_in_flight(events: Path) -> int:
@@ -306,13 +308,12 @@ def wait_for(condition: Any, deadline_s: float, processes: Processes, poll_s: fl
 
 def iso_micros(text: Any) -> int | None:
     """Microseconds since the epoch of an ISO-8601 time (None when it is not one)."""
-    from datetime import datetime
+    from fraud_detection.features import timestamp_to_micros
 
     try:
-        stamp = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        return timestamp_to_micros(str(text))
     except ValueError:
         return None
-    return round(stamp.timestamp() * 1_000_000)
 
 
 def replay_position(summary: Path) -> tuple[int | None, int | None]:
@@ -362,7 +363,7 @@ class TrafficGate:
 
 
 class JsonlTail:
-    """The records of a growing JSON-lines file, read incrementally (complete lines only)."""
+    """The JSON objects of a growing JSON-lines file, read incrementally (whole lines only)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -370,7 +371,7 @@ class JsonlTail:
         self.records: list[dict[str, Any]] = []
 
     def read(self) -> list[dict[str, Any]]:
-        """Every record so far."""
+        """Every object so far."""
         with contextlib.suppress(FileNotFoundError), self.path.open("rb") as handle:
             handle.seek(self.offset)
             chunk = handle.read()
@@ -604,7 +605,6 @@ def summarize(
     """
     import pandas as pd
 
-    from fraud_detection.data.generator import GeneratorConfig
     from fraud_detection.monitoring.report import render_monitoring_report
     from fraud_detection.monitoring.timeline import render_timeline, timeline_rows
 
@@ -619,7 +619,8 @@ def summarize(
     ]
     versions = drift_by_version(records)
     console.print(versions_table(versions, first))
-    drift_day = GeneratorConfig().start_timestamp + pd.Timedelta(days=config.drift_start_day)
+    start = generator_config(config).start_timestamp
+    drift_day = start + pd.Timedelta(days=config.drift_start_day)
     after_drift = drift_by_version(records, since=drift_day.strftime("%Y-%m-%dT%H:%M:%S"))
     first_share = drift_share(after_drift.get(first or ""))
     final = versions.get(served or "", {"tested": 0, "drifted": 0})

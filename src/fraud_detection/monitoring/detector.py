@@ -289,10 +289,14 @@ def tested_columns(
     return columns, tested
 
 
-def _tested_matrix(reference: DriftReference, columns: list[int]) -> np.ndarray:
-    matrix = reference.features[:, columns]
+def _tested_matrix(
+    reference: DriftReference, columns: list[int], rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The reference's tested columns (the score last), of ``rows`` only when given."""
+    rows = np.arange(reference.rows) if rows is None else rows
+    matrix = reference.features[np.ix_(rows, columns)]
     if reference.scores is not None:
-        matrix = np.column_stack([matrix, reference.scores])
+        matrix = np.column_stack([matrix, reference.scores[rows]])
     return matrix
 
 
@@ -368,7 +372,7 @@ def detect_drift(part: VersionSlice, config: DetectorConfig, seed: int) -> Drift
     columns, tested_names = tested_columns(reference, config)
     calibration = calibration_of(reference, config)
     rows, matched_on = _time_matched(reference, part.values, config, seed)
-    reference_matrix = _tested_matrix(reference, columns)[rows]
+    reference_matrix = _tested_matrix(reference, columns, rows)
     window_matrix = part.values[:, columns]
     with_score = reference.scores is not None
     if with_score:
