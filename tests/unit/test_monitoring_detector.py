@@ -135,6 +135,47 @@ def test_the_corrected_test_raises_about_p_val_false_alarms_on_stationary_data()
     assert uncorrected >= 25  # Binomial(120, 0.40) stays below 25 with probability < 0.01 %
 
 
+@pytest.mark.parametrize(
+    ("reference_rows", "window_rows", "ties"), [(3_000, 800, False), (400, 1_200, True)]
+)
+def test_the_sorted_reference_detector_gives_the_stock_ksdrifts_results(
+    reference_rows: int, window_rows: int, ties: bool
+) -> None:
+    """The faster subclass (sorted reference columns) against alibi-detect's own ``KSDrift``
+    on the rows as they come: the same distances, p-values, threshold and verdict."""
+    from alibi_detect.cd.ks import KSDrift
+
+    rng = np.random.default_rng(11)
+    reference = rng.normal(size=(reference_rows, 5)).astype(np.float32)
+    window = rng.normal(size=(window_rows, 5)).astype(np.float32)
+    window[:, 1] += 0.25  # one column drifts
+    window[:, 3] *= 1.1  # another one nearly
+    if ties:  # counts: many equal values in both samples
+        reference[:, 2], window[:, 2] = np.round(reference[:, 2]), np.round(window[:, 2] + 0.1)
+    stock = KSDrift(reference, p_val=0.05, correction="bonferroni").predict(
+        window, return_p_val=True, return_distance=True
+    )["data"]
+    tests, threshold, is_drift = ks_drift(reference, window, list("abcde"), 0.05)
+    assert [t.statistic for t in tests] == pytest.approx(stock["distance"], rel=1e-6)
+    assert [t.p_value for t in tests] == pytest.approx(stock["p_val"], rel=1e-5, abs=1e-12)
+    assert threshold == pytest.approx(stock["threshold"])
+    assert is_drift == bool(stock["is_drift"]) and tests[1].is_drift
+
+
+def test_a_windows_sorted_reference_draw_is_the_draw_sorted() -> None:
+    """The reference rows a window is compared with, taken out of the once-sorted columns,
+    are exactly those rows' columns sorted."""
+    from fraud_detection.monitoring.detector import _sorted_tested_matrix, _tested_matrix
+
+    rng = np.random.default_rng(12)
+    reference = reference_of(rng, rows=2_000)
+    columns = [NAMES.index(name) for name in TESTED]
+    for draw in range(3):
+        rows = np.sort(rng.choice(reference.rows, 700 + 300 * draw, replace=False))
+        expected = np.sort(_tested_matrix(reference, columns, rows), axis=0)
+        assert np.array_equal(_sorted_tested_matrix(reference, columns, rows), expected)
+
+
 def test_columns_must_line_up() -> None:
     with pytest.raises(ValueError, match="same columns"):
         ks_drift(np.zeros((10, 3)), np.zeros((10, 2)), ["a", "b"], 0.05)

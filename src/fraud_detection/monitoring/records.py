@@ -100,8 +100,12 @@ class ScoredEvent:
     transaction_id: str | None = None
 
 
+#: The types a number has in parsed JSON (``bool`` is an ``int`` subclass, and not a number here).
+_NUMBER_TYPES = frozenset((int, float))
+
+
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)  # bool is an int subclass, and not a number here
+    return type(value) in _NUMBER_TYPES
 
 
 def _short(value: Any) -> str:
@@ -220,11 +224,13 @@ def feature_vector(features: Mapping[str, Any], names: Sequence[str]) -> np.ndar
         raise UnusableRecordError(
             SKIP_MISSING_FEATURES, FEATURES_FIELD, f"missing {shown}"
         ) from None
-    for name, value in zip(names, raw, strict=True):
-        if not _is_number(value) or not math.isfinite(value):
-            raise UnusableRecordError(
-                SKIP_INVALID_VALUE,
-                f"{FEATURES_FIELD}.{name}",
-                f"must be a finite number, got {_short(value)}",
-            )
+    if not {type(value) for value in raw} <= _NUMBER_TYPES or not math.isfinite(sum(raw)):
+        # something is not a finite number, or finite numbers summed past the float range
+        for name, value in zip(names, raw, strict=True):
+            if not _is_number(value) or not math.isfinite(value):
+                raise UnusableRecordError(
+                    SKIP_INVALID_VALUE,
+                    f"{FEATURES_FIELD}.{name}",
+                    f"must be a finite number, got {_short(value)}",
+                )
     return np.array(raw, dtype=np.float64)
