@@ -7,15 +7,18 @@ BIN := $(VENV)/bin
 FRAUD := $(BIN)/fraud
 DEMO_DIR ?= demo-output
 INSTALLED := $(VENV)/.installed
-CODE := $(wildcard src tests benchmarks components pipelines kserve drift)
+# checkov pins packages that clash with requirements.lock: it gets a venv of its own.
+TOOLS_VENV ?= .venv-tools
+TOOLS_INSTALLED := $(TOOLS_VENV)/.installed
+CODE := $(wildcard src tests benchmarks components pipelines kserve drift scripts)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-unit lint format demo demo-score serve pipeline-yaml bench clean
+.PHONY: help install lock test test-unit lint format demo demo-score serve pipeline-yaml bench e2e clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(INSTALLED) ## Create .venv with the locked dependencies (idempotent)
+install: $(INSTALLED) $(TOOLS_INSTALLED) ## Create .venv (and .venv-tools: checkov) with the locked dependencies (idempotent)
 
 # --compile-bytecode: every process (servers, pipeline steps, CLI) then imports from .pyc files
 # even where PYTHONDONTWRITEBYTECODE is set (about 9 s less per start that imports scikit-learn).
@@ -27,16 +30,26 @@ $(INSTALLED): pyproject.toml requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	@touch $@
 
+# checkov for the offline manifest and Dockerfile checks (tests/unit/test_manifests.py,
+# tests/unit/test_dockerfiles.py), pinned in requirements-tools.lock.
+$(TOOLS_INSTALLED): requirements-tools.lock $(INSTALLED)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(TOOLS_VENV)/bin/python -r requirements-tools.lock
+	@touch $@
+
 lock: ## Re-resolve requirements.lock from pyproject.toml (then commit it)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade -o requirements.lock
+	$(BIN)/uv pip compile requirements-tools.in --python-version 3.11 --upgrade -o requirements-tools.lock
 
+# FRAUD_REQUIRE_TOOLS=1: a missing checkov or hadolint fails the manifest and Dockerfile checks
+# instead of skipping them.
 test: install ## Run the unit and integration tests (starts and stops the broker and servers)
-	$(BIN)/pytest tests/unit tests/integration
+	FRAUD_REQUIRE_TOOLS=1 $(BIN)/pytest tests/unit tests/integration
 
 test-unit: install ## Run the fast unit tests only
-	$(BIN)/pytest tests/unit
+	FRAUD_REQUIRE_TOOLS=1 $(BIN)/pytest tests/unit
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check $(CODE)
@@ -69,5 +82,8 @@ bench: install ## Run the benchmarks and print their figures (the serving one in
 		args=; [ "$$script" = benchmarks/bench_serving.py ] && args=--quick; \
 		echo "== $$script $$args"; $(BIN)/python $$script $$args || exit 1; done
 
+e2e: install ## On a new kind cluster: install KServe, Kubeflow Pipelines, the manifests; train, deploy, score, schedule (needs Docker, kind, kubectl; KEEP_CLUSTER=1 keeps it)
+	scripts/kind-e2e.sh
+
 clean: ## Remove generated outputs (keeps .venv)
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache e2e-logs

@@ -1,5 +1,5 @@
-"""The kserve/ deployment files, checked against the kserve SDK's own models and against the
-servers' argument parsers."""
+"""The InferenceService (manifests/base/inferenceservice.yaml) and the kserve/ Dockerfiles,
+checked against the kserve SDK's own models and against the servers' argument parsers."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from fraud_detection.streaming.kafka import ENV_BOOTSTRAP, ENV_TOPIC_MIRROR, Top
 
 REPO = Path(__file__).resolve().parents[2]
 KSERVE_DIR = REPO / "kserve"
-SPEC = KSERVE_DIR / "inferenceservice.yaml"
+SPEC = REPO / "manifests" / "base" / "inferenceservice.yaml"
+#: The ConfigMap the transformer takes its Kafka settings and threshold from (envFrom).
+CONFIG = REPO / "manifests" / "base" / "config.yaml"
 
 
 class _Response:
@@ -78,8 +80,24 @@ def test_the_spec_is_an_inference_service_the_sdk_reads_without_loss(
     assert kserve.ApiClient().sanitize_for_serialization(isvc) == document
 
 
+def config() -> dict[str, str]:
+    return yaml.safe_load(CONFIG.read_text())["data"]
+
+
 def env(container: Any) -> dict[str, str]:
-    return {variable.name: variable.value for variable in container.env or []}
+    """The container's environment: fraud-detection-config (envFrom), then its own env."""
+    found: dict[str, str] = {}
+    for source in container.env_from or []:
+        assert source.config_map_ref.name == "fraud-detection-config"
+        found.update(config())
+    found.update({variable.name: variable.value for variable in container.env or []})
+    return found
+
+
+def expand(args: list[str]) -> list[str]:
+    """``args`` with ``$(VAR)`` taken from the ConfigMap, as the kubelet expands them."""
+    values = config()
+    return [re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: values[m.group(1)], arg) for arg in args]
 
 
 def test_transformer_and_predictor(isvc: Any) -> None:
@@ -87,11 +105,11 @@ def test_transformer_and_predictor(isvc: Any) -> None:
 
     (predictor_container,) = isvc.spec.predictor.containers
     (transformer_container,) = isvc.spec.transformer.containers
-    predictor_args = predictor.build_parser().parse_args(predictor_container.args)
+    predictor_args = predictor.build_parser().parse_args(expand(predictor_container.args))
     # KServe appends --model_name, --predictor_host and --http_port to the transformer.
     injected = ["--predictor_host", "fraud-detector-predictor.default", "--http_port", "8080"]
     transformer_args = transformer.build_parser().parse_args(
-        [*transformer_container.args, *injected]
+        [*expand(transformer_container.args), *injected]
     )
     assert predictor_args.model_name == transformer_args.model_name == isvc.metadata.name
     assert str(predictor_args.model_dir) == str(transformer_args.model_dir) == "/mnt/models"
@@ -121,7 +139,7 @@ def test_both_components_are_scraped_by_prometheus(isvc: Any) -> None:
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
         (port,) = container.ports
-        args = parser.parse_args([*container.args, *injected])
+        args = parser.parse_args([*expand(container.args), *injected])
         assert annotations["prometheus.io/port"] == str(port.container_port) == str(args.http_port)
         assert container.readiness_probe.http_get.port == port.container_port
         assert args.log_format == "json"

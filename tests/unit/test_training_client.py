@@ -289,7 +289,11 @@ def declared() -> dict[str, tuple[str, Any]]:
         ({"tolerance": -1.0}, "tolerance", "must be a finite number >= 0, got -1.0"),
         ({"deploy_target": "mars"}, "deploy_target", "must be one of auto, local, kserve"),
         ({"exclude_known_compromised": "yes"}, "exclude_known_compromised", "true or false"),
-        ({"depth": 3}, "depth", "unknown pipeline parameter; known: class_weight, data"),
+        (
+            {"depth": 3},
+            "depth",
+            "unknown pipeline parameter; known: allow_uncompared, class_weight, data",
+        ),
         (
             {"split": "temporal", "train_start": "2018-04-01", "train_end": "2018-04-07"}
             | {"test_start": "2018-04-15", "test_end": "someday"},

@@ -76,7 +76,7 @@ SPEC = ServiceSpec(
 )
 KEY = (KSERVE_GROUP, KSERVE_VERSION, "fraud", KSERVE_PLURAL, "fraud-detector")
 #: The InferenceService as the serving manifests define it (what a cluster normally runs).
-SERVING_SPEC = Path(__file__).resolve().parents[2] / "kserve" / "inferenceservice.yaml"
+SERVING_SPEC = Path(__file__).resolve().parents[2] / "manifests" / "base" / "inferenceservice.yaml"
 
 
 def make_bundle(directory: Path, version: str, created_at: str) -> Path:

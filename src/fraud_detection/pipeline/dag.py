@@ -80,6 +80,7 @@ def build_pipeline(image: str | None = None) -> Any:
         min_recall: float = 0.75,
         min_f1: float = 0.05,
         tolerance: float = 0.02,
+        allow_uncompared: bool = False,
         review_cost: float = 5.0,
         fraud_amount: float = 0.0,
         drift_reference_size: int = 5000,
@@ -87,7 +88,7 @@ def build_pipeline(image: str | None = None) -> Any:
         deploy_target: str = "auto",
         registry_dir: str = "",
         service_name: str = "fraud-detector",
-        namespace: str = "",
+        namespace: str = "fraud-detection",
         predictor_image: str = "fraud-detection-predictor:0.1.0",
         transformer_image: str = "fraud-detection-transformer:0.1.0",
     ) -> Outputs:
@@ -127,12 +128,16 @@ def build_pipeline(image: str | None = None) -> Any:
             registry_dir=registry_dir,
             review_cost=review_cost,
             fraud_amount=fraud_amount,
+            deploy_target=deploy_target,
+            service_name=service_name,
+            namespace=namespace,
         )
         gate = steps["gate"](
             evaluation=evaluate.outputs["evaluation"],
             min_recall=min_recall,
             min_f1=min_f1,
             tolerance=tolerance,
+            allow_uncompared=allow_uncompared,
         )
         export = steps["export"](
             model=train.outputs["model"],

@@ -4,8 +4,9 @@
   copied in as a new version, and the ``current`` pointer is switched atomically; earlier
   versions stay for rollback.
 * **kserve** — patch the existing ``InferenceService`` (normally applied from
-  ``kserve/inferenceservice.yaml``) so that both its transformer and its predictor fetch the new
-  bundle (``STORAGE_URI``), everything else unchanged; or create a minimal one when there is none.
+  ``manifests/base/inferenceservice.yaml``) so that both its transformer and its predictor fetch
+  the new bundle (``STORAGE_URI``), everything else unchanged; or create a minimal one when there
+  is none.
   The Kubernetes API object is passed in (a ``kubernetes.client.CustomObjectsApi`` or anything
   with the same three methods), so the code path is the same in tests.
 
@@ -119,7 +120,7 @@ def inference_service(spec: ServiceSpec) -> dict[str, Any]:
     """A new ``InferenceService``: the transformer in front of the predictor, one bundle.
 
     Used only when none exists yet; an existing one (normally applied from
-    ``kserve/inferenceservice.yaml``) keeps its own settings and only gets the new bundle.
+    ``manifests/base/inferenceservice.yaml``) keeps its own settings and only gets the new bundle.
     """
     return {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",

@@ -1,9 +1,14 @@
 """Ingestion: transactions from files (or globs), from a Kafka topic, or both, into one frame.
 
 Files are CSV, CSV.gz or Parquet in the canonical or the handbook schema
-(:mod:`fraud_detection.data.files`). A Kafka topic is read with a bound
-(:func:`fraud_detection.streaming.kafka.read_topic`): up to ``max_records`` records, or until the
-end offsets seen when the read started; each record's value is one JSON transaction.
+(:mod:`fraud_detection.data.files`). A path may also be a URL (``s3://bucket/x.csv.gz``,
+``gs://…``, ``memory://…``, ``file:///…``, globs allowed): it is read through fsspec
+(:mod:`fraud_detection.training.storage`, S3 settings from the environment); a missing protocol
+package (``s3://`` needs ``s3fs``) or an absent object is an :class:`IngestError` naming the URL.
+
+A Kafka topic is read with a bound (:func:`fraud_detection.streaming.kafka.read_topic`): up to
+``max_records`` records, or until the end offsets seen when the read started; each record's
+value is one JSON transaction.
 
 Values are kept as read (canonical names, no coercion): typing and checking is the validation
 step's job, so that a bad value is reported there rather than silently changed here.
@@ -32,6 +37,84 @@ def read_files(paths: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
         return read_transactions(files), [str(path) for path in files]
     except (OSError, ValueError) as exc:  # FileNotFoundError, UnknownSchemaError, bad type
         raise IngestError(str(exc)) from exc
+
+
+def _id_dtypes(header: Sequence[str]) -> dict[str, type]:
+    """Identifier columns of any known schema in ``header``, read as text ("007" is not 7)."""
+    from fraud_detection.data.files import SOURCE_SCHEMAS
+    from fraud_detection.schema import ID_COLUMNS
+
+    return {
+        source: str
+        for schema in SOURCE_SCHEMAS
+        for source, field in schema.mapping.items()
+        if field in ID_COLUMNS and source in header
+    }
+
+
+def _read_object(opened: Any, name: str) -> pd.DataFrame:
+    from fraud_detection.data.files import CSV_SUFFIXES, PARQUET_SUFFIXES
+
+    lower = name.lower()
+    if lower.endswith(CSV_SUFFIXES):
+        with opened as stream:
+            header = pd.read_csv(stream, nrows=0).columns
+        with opened as stream:
+            return pd.read_csv(stream, dtype=_id_dtypes(list(header)))
+    if lower.endswith(PARQUET_SUFFIXES):
+        with opened as stream:
+            return pd.read_parquet(stream)
+    supported = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+    raise IngestError(f"{name}: unsupported file type; expected one of {supported}")
+
+
+def read_urls(urls: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Transactions from fsspec URLs (globs expanded), and the objects read.
+
+    :class:`IngestError` names the URL and the problem: the protocol's package is missing, the
+    object is absent or unreadable, the pattern matches nothing, the schema is unknown.
+    """
+    from fraud_detection.data.files import to_canonical_names
+    from fraud_detection.training.storage import StorageError, describe_error, open_files
+
+    frames, names = [], []
+    for url in urls:
+        try:
+            opened = open_files(url)
+        except StorageError as exc:
+            raise IngestError(str(exc)) from exc
+        for one in opened:
+            name = one.fs.unstrip_protocol(one.path)
+            try:
+                frame = _read_object(one, name)
+            except IngestError:
+                raise
+            except (OSError, EOFError) as exc:  # absent, refused, unreachable, truncated
+                raise IngestError(describe_error(name, exc)) from exc
+            try:
+                frames.append(to_canonical_names(frame, name))
+            except ValueError as exc:  # UnknownSchemaError
+                raise IngestError(str(exc)) from exc
+            names.append(name)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return frame, names
+
+
+def read_paths(paths: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Transactions from files, globs and URLs, in the order given, and what was read.
+
+    Without URLs this is :func:`read_files`.
+    """
+    from fraud_detection.training.storage import is_url
+
+    if not any(is_url(path) for path in paths):
+        return read_files(paths)
+    frames, names = [], []
+    for path in paths:
+        frame, read = read_urls([path]) if is_url(path) else read_files([path])
+        frames.append(frame)
+        names.extend(read)
+    return pd.concat(frames, ignore_index=True, sort=False), names
 
 
 def decode_records(records: Sequence[Any], topic: str) -> pd.DataFrame:
@@ -90,10 +173,10 @@ def ingest(
     """
     paths = [str(path) for path in paths if str(path).strip()]
     if not paths and not kafka_topic:
-        raise IngestError("no input: give data files (or globs) or a Kafka topic")
+        raise IngestError("no input: give data files (or globs, or URLs) or a Kafka topic")
     frames, sources = [], []
     if paths:
-        frame, files = read_files(paths)
+        frame, files = read_paths(paths)
         frames.append(frame)
         sources.append(", ".join(files))
     if kafka_topic:

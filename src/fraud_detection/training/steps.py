@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from fraud_detection.schema import (
     TRANSACTION_ID,
     flag_scores,
 )
+
+if TYPE_CHECKING:
+    from fraud_detection.training.served import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +277,61 @@ def deployed_bundle(registry_dir: str | Path | None) -> Path | None:
     return current if current is not None and current.is_dir() else None
 
 
+def find_deployed(
+    deploy_target: str,
+    registry_dir: str | Path | None,
+    service_name: str = "fraud-detector",
+    namespace: str = "",
+    api: Any = None,
+) -> Path | ServedModel | None:
+    """The model to compare with, where the deploy step would put the new one.
+
+    ``local``: the registry's current bundle (:func:`deployed_bundle`). ``kserve``: the
+    InferenceService ``service_name`` in ``namespace`` ("" = the pod's), located through ``api``
+    (a ``CustomObjectsApi``; default: the cluster's), as a
+    :class:`~fraud_detection.training.served.ServedModel`. ``auto``: kserve inside a pod.
+    """
+    from fraud_detection.training.deploy import KSERVE, resolve_target
+    from fraud_detection.training.served import served_model
+
+    if resolve_target(deploy_target) == KSERVE:
+        return served_model(service_name, namespace, api)
+    return deployed_bundle(registry_dir or None)
+
+
+def _score_bundle(
+    bundle_dir: Path,
+    features: np.ndarray,
+    labels: np.ndarray,
+    test: pd.DataFrame,
+    threshold: float,
+    role: str,
+) -> tuple[str, dict[str, Any]]:
+    """Verify a bundle and score it on the test set: (status, record); ``role`` names it in
+    notes ("deployed", "served")."""
+    from fraud_detection.bundle import MODEL_JOBLIB, BundleError, verify_bundle
+    from fraud_detection.training.gate import COMPARED, INCOMPARABLE, UNAVAILABLE
+
+    try:
+        manifest = verify_bundle(bundle_dir)
+    except BundleError as exc:
+        return UNAVAILABLE, {"evaluated": False, "note": f"the {role} bundle is unusable: {exc}"}
+    if list(manifest.feature_names) != list(FEATURE_NAMES) or MODEL_JOBLIB not in manifest.files:
+        return INCOMPARABLE, {
+            "evaluated": False,
+            "model_version": manifest.model_version,
+            "note": f"the {role} model uses other features; not comparable on this test set",
+        }
+    model = _load_model(bundle_dir, MODEL_JOBLIB)
+    scores = model.predict_proba(features)[:, 1]
+    return COMPARED, {
+        "evaluated": True,
+        "model_version": manifest.model_version,
+        "path": str(bundle_dir),
+        "metrics": score_metrics(labels, scores, test, threshold),
+    }
+
+
 def evaluate_deployed(
     bundle_dir: Path | None,
     features: np.ndarray,
@@ -282,28 +340,55 @@ def evaluate_deployed(
     threshold: float,
 ) -> dict[str, Any]:
     """The deployed model's metrics on the same test set, or a note saying why there are none."""
-    from fraud_detection.bundle import MODEL_JOBLIB, BundleError, verify_bundle
+    from fraud_detection.training.gate import NO_DEPLOYED_MODEL
 
     if bundle_dir is None:
-        return {"evaluated": False, "note": "no model is deployed"}
-    try:
-        manifest = verify_bundle(bundle_dir)
-    except BundleError as exc:
-        return {"evaluated": False, "note": f"the deployed bundle is unusable: {exc}"}
-    if list(manifest.feature_names) != list(FEATURE_NAMES) or MODEL_JOBLIB not in manifest.files:
-        return {
-            "evaluated": False,
-            "model_version": manifest.model_version,
-            "note": "the deployed model uses other features; not comparable on this test set",
-        }
-    model = _load_model(bundle_dir, MODEL_JOBLIB)
-    scores = model.predict_proba(features)[:, 1]
-    return {
-        "evaluated": True,
-        "model_version": manifest.model_version,
-        "path": str(bundle_dir),
-        "metrics": score_metrics(labels, scores, test, threshold),
-    }
+        return {"evaluated": False, "note": NO_DEPLOYED_MODEL}
+    return _score_bundle(bundle_dir, features, labels, test, threshold, "deployed")[1]
+
+
+def evaluate_served(
+    served: ServedModel,
+    features: np.ndarray,
+    labels: np.ndarray,
+    test: pd.DataFrame,
+    threshold: float,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The served model's metrics on the same test set, or a ``status`` and ``note`` saying why
+    there are none.
+
+    The bundle at ``served.storage_uri`` is copied into a temporary directory (S3 settings from
+    ``environ``, default the process environment), verified and scored as
+    :func:`evaluate_deployed` scores the registry's. ``status`` is one of
+    :mod:`fraud_detection.training.gate`'s ``COMPARED``, ``NOT_DEPLOYED``, ``INCOMPARABLE``,
+    ``UNAVAILABLE``.
+    """
+    import tempfile
+
+    from fraud_detection.training.gate import UNAVAILABLE
+    from fraud_detection.training.served import FOUND
+    from fraud_detection.training.storage import StorageError, fetch_tree
+
+    record: dict[str, Any] = {"evaluated": False, **served.to_dict()}
+    if served.status != FOUND:
+        return record
+    with tempfile.TemporaryDirectory(prefix="served-bundle-") as tmp:
+        try:
+            bundle = fetch_tree(served.storage_uri, Path(tmp) / "bundle", environ)
+        except StorageError as exc:
+            return {
+                **record,
+                "status": UNAVAILABLE,
+                "note": f"the served bundle is unreachable: {exc}",
+            }
+        try:
+            status, scored = _score_bundle(bundle, features, labels, test, threshold, "served")
+        except Exception as exc:  # a model that cannot be loaded or scored here
+            note = f"the served model could not be scored: {type(exc).__name__}: {exc}"
+            return {**record, "status": UNAVAILABLE, "note": note}
+    scored.pop("path", None)  # the temporary copy; storage_uri says where it is
+    return {**record, **scored, "status": status}
 
 
 def evaluate_step(
@@ -312,15 +397,17 @@ def evaluate_step(
     threshold: float,
     evaluation_path: str | Path,
     predictions_path: str | Path,
-    deployed_dir: str | Path | None = None,
+    deployed_dir: str | Path | ServedModel | None = None,
     review_cost: float = 5.0,
     fraud_amount: float = 0.0,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Score the test set; write the evaluation record and the predictions.
 
-    ``deployed_dir`` is the bundle currently deployed (None: nothing deployed); it is scored on
-    the same test set. ``fraud_amount`` 0 means the test set's average fraud amount. ``seed``
+    ``deployed_dir`` is the bundle currently deployed (None: nothing deployed), or, in a
+    cluster, the InferenceService's model (:func:`find_deployed`); it is scored on the same test
+    set (:func:`evaluate_deployed`, :func:`evaluate_served`) and the record's ``deployed`` says
+    so, or why not. ``fraud_amount`` 0 means the test set's average fraud amount. ``seed``
     (default: the training seed) seeds the bootstrap intervals and the permutation importances.
 
     The new model's metrics (not the deployed model's) also hold the alerts a day, the share of
@@ -378,9 +465,7 @@ def evaluate_step(
             model, features, labels, FEATURE_NAMES, seed
         ),
         "training": {key: training[key] for key in ("params", "split", "fit")},
-        "deployed": evaluate_deployed(
-            Path(deployed_dir) if deployed_dir else None, features, labels, test, threshold
-        ),
+        "deployed": _evaluate_baseline(deployed_dir, features, labels, test, threshold),
     }
     write_json(evaluation_path, evaluation)
     predictions = test[[TRANSACTION_ID, CARD_ID, TIMESTAMP, AMOUNT, LABEL]].copy()
@@ -390,13 +475,29 @@ def evaluate_step(
     return evaluation
 
 
+def _evaluate_baseline(
+    deployed: str | Path | ServedModel | None,
+    features: np.ndarray,
+    labels: np.ndarray,
+    test: pd.DataFrame,
+    threshold: float,
+) -> dict[str, Any]:
+    from fraud_detection.training.served import ServedModel
+
+    if isinstance(deployed, ServedModel):
+        return evaluate_served(deployed, features, labels, test, threshold)
+    return evaluate_deployed(
+        Path(deployed) if deployed else None, features, labels, test, threshold
+    )
+
+
 # --------------------------------------------------------------------------------------- gate
 def gate_step(evaluation_path: str | Path, config: Any, decision_path: str | Path) -> bool:
     """Decide on the evaluation record; write the decision; return whether it passed.
 
     ``config`` is a :class:`~fraud_detection.training.gate.GateConfig`.
     """
-    from fraud_detection.training.gate import decide
+    from fraud_detection.training.gate import UNAVAILABLE, decide, not_compared_reason
 
     evaluation = read_json(evaluation_path)
     deployed = evaluation.get("deployed") or {}
@@ -404,6 +505,8 @@ def gate_step(evaluation_path: str | Path, config: Any, decision_path: str | Pat
         evaluation["metrics"],
         deployed.get("metrics") if deployed.get("evaluated") else None,
         config,
+        not_compared=not_compared_reason(deployed),
+        unavailable=deployed.get("status") == UNAVAILABLE,
     )
     record = {
         **decision.to_dict(),
@@ -411,9 +514,16 @@ def gate_step(evaluation_path: str | Path, config: Any, decision_path: str | Pat
             "min_recall": config.min_recall,
             "min_f1": config.min_f1,
             "tolerance": config.tolerance,
+            "allow_uncompared": config.allow_uncompared,
         },
         "deployed_model_version": deployed.get("model_version"),
     }
+    if deployed.get("source"):
+        record["compared_with"] = {
+            key: deployed[key]
+            for key in ("source", "service", "storage_uri", "status")
+            if deployed.get(key)
+        }
     write_json(decision_path, record)
     return decision.passed
 

@@ -13,7 +13,7 @@ from typing import Any
 
 #: Environment variable naming the project's container image (the components' base image).
 IMAGE_ENV = "FRAUD_IMAGE"
-DEFAULT_IMAGE = "ghcr.io/example/fraud-detection:0.1.0"
+DEFAULT_IMAGE = "fraud-detection-pipeline:0.1.0"
 #: Step names in pipeline order.
 STEPS: tuple[str, ...] = (
     "ingest",

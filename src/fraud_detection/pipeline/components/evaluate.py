@@ -14,12 +14,16 @@ def evaluate(
     predictions: Output[Dataset],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
+    deploy_target: str = "auto",
+    service_name: str = "fraud-detector",
+    namespace: str = "",
 ):
     """Score the test set; log recall, precision, F1, PR-AUC, ROC-AUC and Card Precision@100,
     their 95 % confidence bounds, the alerts a day and the share of the fraud amount caught as
-    Metrics and the confusion matrix and ROC curve as ClassificationMetrics. The model deployed
-    in the registry, if any, is scored on the same test set."""
-    from fraud_detection.training.steps import deployed_bundle, evaluate_step
+    Metrics and the confusion matrix and ROC curve as ClassificationMetrics. The deployed model
+    (the registry's, or with deploy_target kserve the one the InferenceService serves) is scored
+    on the same test set, or the evaluation says why it could not be."""
+    from fraud_detection.training.steps import evaluate_step, find_deployed
 
     result = evaluate_step(
         model.path,
@@ -27,7 +31,7 @@ def evaluate(
         threshold,
         evaluation.path,
         predictions.path,
-        deployed_dir=deployed_bundle(registry_dir or None),
+        deployed_dir=find_deployed(deploy_target, registry_dir, service_name, namespace),
         review_cost=review_cost,
         fraud_amount=fraud_amount,
     )
@@ -42,6 +46,11 @@ def evaluate(
             metrics.log_metric(f"{name}_ci_low", float(interval["low"]))
             metrics.log_metric(f"{name}_ci_high", float(interval["high"]))
     deployed = result["deployed"]
+    evaluation.metadata["deployed"] = {
+        key: deployed[key]
+        for key in ("source", "status", "note", "model_version", "storage_uri")
+        if key in deployed
+    }
     if deployed.get("evaluated"):
         for name in ("recall", "f1", "pr_auc"):
             metrics.log_metric(f"deployed_{name}", float(deployed["metrics"][name]))
