@@ -51,18 +51,18 @@ test: install ## Run the unit and integration tests (starts and stops the broker
 test-unit: install ## Run the fast unit tests only
 	FRAUD_REQUIRE_TOOLS=1 $(BIN)/pytest tests/unit
 
-lint: install ## ruff check and format check
+lint: $(INSTALLED) ## ruff check and format check
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
 
-format: install ## Apply ruff fixes and formatting
+format: $(INSTALLED) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix $(CODE)
 	$(BIN)/ruff format $(CODE)
 
-demo: install ## The whole loop on generated data: train, serve, replay with delayed labels, monitor, retrain on drift, promote (about 5 minutes)
+demo: $(INSTALLED) ## The whole loop on generated data: train, serve, replay with delayed labels, monitor, retrain on drift, promote (about 5 minutes)
 	$(FRAUD) demo --out $(DEMO_DIR)
 
-demo-score: install ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions (about 2 minutes)
+demo-score: $(INSTALLED) ## Generate data, train and gate it with the pipeline (kfp.local), serve it, score held-out transactions (about 2 minutes)
 	$(FRAUD) generate --out $(DEMO_DIR)/transactions.parquet --transactions 200000 --cards 4000 --days 60 \
 		--holdout-days 2 --holdout-out $(DEMO_DIR)/holdout.parquet
 	$(FRAUD) validate $(DEMO_DIR)/transactions.parquet
@@ -71,18 +71,18 @@ demo-score: install ## Generate data, train and gate it with the pipeline (kfp.l
 	$(FRAUD) model list --registry $(DEMO_DIR)/registry
 	$(FRAUD) demo-score --data $(DEMO_DIR)/holdout.parquet --count 300 --registry $(DEMO_DIR)/registry
 
-serve: install ## Serve the registry's current model (transformer on :8080) until Ctrl-C
+serve: $(INSTALLED) ## Serve the registry's current model (transformer on :8080) until Ctrl-C
 	$(FRAUD) serve
 
-pipeline-yaml: install ## Recompile pipelines/fraud_training_pipeline.yaml and components/*.yaml
+pipeline-yaml: $(INSTALLED) ## Recompile pipelines/fraud_training_pipeline.yaml and components/*.yaml
 	$(BIN)/python pipelines/fraud_training_pipeline.py
 
-bench: install ## Run the benchmarks and print their figures (the serving one in its --quick form)
+bench: $(INSTALLED) ## Run the benchmarks and print their figures (the serving one in its --quick form)
 	@for script in benchmarks/bench_*.py; do \
 		args=; [ "$$script" = benchmarks/bench_serving.py ] && args=--quick; \
 		echo "== $$script $$args"; $(BIN)/python $$script $$args || exit 1; done
 
-e2e: install ## On a new kind cluster: install KServe, Kubeflow Pipelines, the manifests; train, deploy, score, schedule (needs Docker, kind, kubectl; KEEP_CLUSTER=1 keeps it)
+e2e: $(INSTALLED) ## On a new kind cluster: install KServe, Kubeflow Pipelines, the manifests; train, deploy, score, schedule (needs Docker, kind, kubectl; KEEP_CLUSTER=1 keeps it)
 	scripts/kind-e2e.sh
 
 clean: ## Remove generated outputs (keeps .venv)
