@@ -58,6 +58,9 @@ MONITOR_IMAGE="fraud-detection-monitor:${TAG}"
 PIPELINE_IMAGE="fraud-detection-pipeline:${TAG}"
 KAFKA_BOOTSTRAP="kafka-broker.${NAMESPACE}.svc:9092"
 TRANSACTIONS_TOPIC=transactions
+# The model store: FRAUD_MODELS_URI of manifests/base/config.yaml, where the monitor reads the
+# bundles (tests/unit/test_kind_workflow.py checks they agree).
+MODELS_URI=s3://mlpipeline/fraud-detection/models
 VERSION_ANNOTATION='fraud-detection\.example\.com/model-version'
 MONTHLY_CRON='0 0 2 1 * *'
 SCHEDULE_NAME=fraud-training-monthly
@@ -203,8 +206,8 @@ mkdir -p "${LOG_DIR}"
 trap cleanup EXIT
 [[ "${DRY_RUN}" == 1 ]] && echo "dry run: the commands are printed, not run"
 
-# The pipeline's parameters for a cluster run: deploy to the kind InferenceService, the :ci
-# serving images, train on the seeded transactions topic.
+# The pipeline's parameters for a cluster run: deploy to the kind InferenceService through the
+# model store, the :ci serving images, train on the seeded transactions topic.
 PIPELINE_PARAMS=(
   --param deploy_target=kserve
   --param "namespace=${NAMESPACE}"
@@ -213,6 +216,7 @@ PIPELINE_PARAMS=(
   --param "transformer_image=${TRANSFORMER_IMAGE}"
   --param "kafka_bootstrap=${KAFKA_BOOTSTRAP}"
   --param "kafka_topic=${TRANSACTIONS_TOPIC}"
+  --param "models_uri=${MODELS_URI}"
 )
 
 # ------------------------------------------------------------------------------ the run

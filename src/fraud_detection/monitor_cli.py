@@ -46,6 +46,8 @@ EXIT_USAGE = 2
 #: The port ``/metrics`` listens on by default.
 DEFAULT_METRICS_PORT = 9108
 RESULTS_FILE = Path("monitoring") / "feature-drift.jsonl"
+#: The directory, in the state directory, of the bundle files fetched from a --bundles URL.
+BUNDLE_CACHE = "bundles"
 MONITOR_EPILOG = (
     "Windows: each partition's records are cut into windows of --window-size valid records, or "
     "shorter when the transactions' own time passes --max-span seconds after the window's first "
@@ -99,8 +101,12 @@ def monitor(
     bundles: Annotated[
         str | None,
         typer.Option(
-            help="Find bundles with this path template instead of the registry, e.g. "
-            "/mnt/models/{version}."
+            help="Find bundles with this template instead of the registry: a path, e.g. "
+            "/mnt/models/{version}, or a URL into object storage, e.g. "
+            "s3://mlpipeline/fraud-detection/models/{version} (the model store the pipeline's "
+            "deploy step writes; S3 settings from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "S3_ENDPOINT, S3_USE_HTTPS). A URL's manifests and drift references are cached "
+            "under <state dir>/bundles."
         ),
     ] = None,
     results_topic: Annotated[
@@ -235,6 +241,13 @@ def monitor(
         raise _usage("--bundles and --registry exclude each other")
     if bundles is not None and "{version}" not in bundles:
         raise _usage(f"--bundles: must contain {{version}}, got {bundles!r}")
+    if bundles is not None:
+        from fraud_detection.monitoring.reference import bundle_locator
+
+        try:  # a URL's protocol must be known and its package installed
+            bundle_locator(bundles, cache_dir=Path("."))
+        except ValueError as exc:
+            raise _usage(f"--bundles: {exc}") from None
     if no_results_topic and results_topic is not None:
         raise _usage("--results-topic and --no-results-topic exclude each other")
     excluded = tuple(
@@ -296,6 +309,9 @@ def monitor(
                 horizon_s=label_horizon_days * 86_400.0,
             ),
         )
+    bundle_cache = (state_dir or (config.results_file or default_results_file()).parent) / (
+        BUNDLE_CACHE
+    )
     raise typer.Exit(
         run(
             config,
@@ -303,6 +319,7 @@ def monitor(
             bundles=bundles,
             verbose=verbose,
             performance=performance_config,
+            bundle_cache=bundle_cache,
         )
     )
 
@@ -317,12 +334,14 @@ def run(
     bundles: str | None = None,
     verbose: bool = False,
     performance: PerformanceMonitorConfig | None = None,
+    bundle_cache: Path | None = None,
 ) -> int:
     """Run the monitors of ``config`` (and ``performance``, when given) until SIGINT or SIGTERM;
     return the exit status.
 
-    Bundles are found with ``bundles`` (a path template with ``{version}``) if given, else in
-    the registry at ``registry`` (default ``$FRAUD_REGISTRY`` or ``./registry``). The drift
+    Bundles are found with ``bundles`` (a path or URL template with ``{version}``; a URL's
+    files are cached in ``bundle_cache``, default a temporary directory) if given, else in the
+    registry at ``registry`` (default ``$FRAUD_REGISTRY`` or ``./registry``). The drift
     monitor runs in this thread, the performance monitor in another; either failing stops both.
     """
     import kafka.errors
@@ -334,13 +353,12 @@ def run(
     from fraud_detection.monitoring.reference import (
         BundleLocator,
         ReferenceCache,
-        RegistryLocator,
-        TemplateLocator,
+        bundle_locator,
     )
     from fraud_detection.monitoring.sinks import LockedSink, ResultSink, SinkError
 
     _configure_logging(verbose)
-    locator: BundleLocator = TemplateLocator(bundles) if bundles else RegistryLocator(registry)
+    locator: BundleLocator = bundle_locator(bundles or None, registry, bundle_cache)
     stop, restore_signals = stop_on_signals()
     failures: list[BaseException] = []
     sinks: list[ResultSink] = []

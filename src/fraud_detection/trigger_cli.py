@@ -104,7 +104,8 @@ def trigger(
     bundles: Annotated[
         str | None,
         typer.Option(
-            help="Find bundles with this path template (e.g. /mnt/models/{version}) when the "
+            help="Find bundles with this path or URL template (e.g. /mnt/models/{version}, "
+            "s3://mlpipeline/fraud-detection/models/{version}) when the "
             "registry has no current model."
         ),
     ] = None,
@@ -296,11 +297,7 @@ def run(
     import kafka.errors
 
     from fraud_detection.monitoring.metrics import serve_metrics
-    from fraud_detection.monitoring.reference import (
-        BundleLocator,
-        RegistryLocator,
-        TemplateLocator,
-    )
+    from fraud_detection.monitoring.reference import BundleLocator, bundle_locator
     from fraud_detection.monitoring.trigger_runner import (
         ClusterLauncher,
         ClusterOptions,
@@ -319,7 +316,10 @@ def run(
 
     _configure_logging(verbose)
     registry_root = (registry or default_registry_root()).resolve()
-    locator: BundleLocator = TemplateLocator(bundles) if bundles else RegistryLocator(registry_root)
+    # A URL template (s3://.../{version}) reads the model store; its files are cached by version.
+    locator: BundleLocator = bundle_locator(
+        bundles or None, registry_root, events_file.parent / "bundles"
+    )
     launcher: Launcher
     if cluster["host"]:
         arguments: dict[str, Any] = {"split": split}

@@ -25,3 +25,21 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def s3_bucket(bucket: str = "mlpipeline") -> Iterator[tuple[str, dict[str, str]]]:
+    """A bucket on a real S3 server while the block runs: (``s3://bucket``, the environment
+    that reaches it, as a pipeline pod gets it)."""
+    from fraud_detection.training.storage import filesystem
+
+    with s3_server() as endpoint:
+        environ = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_REGION": "eu-west-1",
+        }
+        fs, _ = filesystem(f"s3://{bucket}", environ)
+        fs.makedirs(bucket, exist_ok=True)  # moto's state outlives one server
+        yield f"s3://{bucket}", environ

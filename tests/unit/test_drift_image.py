@@ -31,6 +31,7 @@ MONITOR_CODE = [
             "features.py",
             "schema.py",
             "streaming/kafka.py",
+            "training/storage.py",  # --bundles s3://...: fsspec, s3fs
             "streaming/labels.py",
         )
     ),

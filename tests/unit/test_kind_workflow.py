@@ -342,6 +342,27 @@ def test_the_pipeline_parameters_of_the_script_pass_the_pipeline_check(
     assert values["kafka_bootstrap"] == "kafka-broker.fraud-detection.svc:9092"
 
 
+def test_the_pipeline_and_the_monitor_share_the_model_store_of_the_config(
+    dry_run_output: list[str], kind_overlay: list[dict[str, Any]]
+) -> None:
+    """The run the script starts copies each model to the ConfigMap's FRAUD_MODELS_URI, and the
+    monitor reads the bundles from that same value: one model store, named once."""
+    from fraud_detection.pipeline.parameters import check_parameters, parse_parameters
+
+    store = _named(kind_overlay, "ConfigMap", "fraud-detection-config")["data"]["FRAUD_MODELS_URI"]
+    for command in (r"pipeline submit ", r"pipeline schedule "):
+        line = dry_run_output[_index(dry_run_output, command)]
+        values = check_parameters(parse_parameters(re.findall(r"--param (\S+)", line)))
+        assert values["models_uri"] == store, line
+    pod = _named(kind_overlay, "Deployment", "fraud-monitor")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "fraud-detection-config"}}]
+    args = list(container["args"])
+    assert args.count("--bundles") == 1, args
+    # The kubelet replaces $(FRAUD_MODELS_URI) with the ConfigMap's value (envFrom).
+    assert args[args.index("--bundles") + 1] == "$(FRAUD_MODELS_URI)/{version}"
+
+
 def test_keep_cluster_keeps_it(sentinel_bin: Path, tmp_path: Path) -> None:
     result = dry_run(sentinel_bin, tmp_path, KEEP_CLUSTER="1")
     assert result.returncode == 0, result.stderr

@@ -475,12 +475,15 @@ def test_the_config_holds_exactly_what_the_code_reads(rendered: dict[str, list[O
     from fraud_detection.monitoring import sinks
     from fraud_detection.schema import DEFAULT_THRESHOLD
     from fraud_detection.streaming import kafka
+    from fraud_detection.training import storage
 
     read_by_code = {
         kafka.ENV_BOOTSTRAP: None,
         kafka.ENV_TOPIC_MIRROR: kafka.Topics().mirror,
         kafka.ENV_TOPIC_LABELS: kafka.Topics().labels,
         sinks.ENV_TOPIC_MONITORING: sinks.DEFAULT_RESULTS_TOPIC,
+        storage.S3_ENDPOINT_ENV: None,
+        storage.S3_USE_HTTPS_ENV: None,
     }
     for target, objects in rendered.items():
         config = config_of(objects)
@@ -634,7 +637,48 @@ def test_the_monitor_runs_with_options_it_accepts_on_the_metrics_port(
         env = env_of(container, config)
         assert {"FRAUD_KAFKA_BOOTSTRAP", "FRAUD_KAFKA_TOPIC_MIRROR"} <= set(env)
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert {"/var/lib/fraud-monitor", "/mnt/registry"} <= mounts  # the image's state, registry
+        assert "/var/lib/fraud-monitor" in mounts  # the image's state (and the bundle cache)
+        # The bundles come from the model store the pipeline's deploy step writes.
+        assert params["bundles"] == config["FRAUD_MODELS_URI"] + "/{version}"
+        assert params["registry"] is None
+
+
+def test_the_monitor_reads_the_model_store_with_the_serving_credentials(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    from fraud_detection.monitoring.reference import StorageLocator, bundle_locator
+    from fraud_detection.training.storage import S3_ENDPOINT_ENV, S3_USE_HTTPS_ENV, s3_options
+
+    for target, objects in rendered.items():
+        config = config_of(objects)
+        assert config["FRAUD_MODELS_URI"] == "s3://mlpipeline/fraud-detection/models", target
+        pod = one(objects, "Deployment", "fraud-monitor")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        secret_env = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        # The keys of the Secret KServe's storage initializer uses (ServiceAccount
+        # fraud-detector-storage), under the names the S3 client reads.
+        assert secret_env == {
+            key: {"name": "fraud-models-s3", "key": key}
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        }, target
+        env = {**env_of(container, config), **{k: "x" for k in secret_env}}
+        options = s3_options(env)
+        assert options["endpoint_url"] == f"http://{config[S3_ENDPOINT_ENV]}", target
+        assert options["key"] == "x"
+        # The registry volume is gone: nothing mounts a claim any more.
+        assert not find(objects, "PersistentVolumeClaim"), target
+        assert all("persistentVolumeClaim" not in v for v in pod.get("volumes", []))
+        template = expand(["$(FRAUD_MODELS_URI)/{version}"], config)[0]
+        assert isinstance(bundle_locator(template, cache_dir=Path("unused")), StorageLocator)
+    kind = config_of(rendered["kind"])
+    secret = one(rendered["kind"], "Secret", "fraud-models-s3")["metadata"]["annotations"]
+    # One store: the endpoint KServe's storage initializer downloads from is the monitor's.
+    assert secret["serving.kserve.io/s3-endpoint"] == kind[S3_ENDPOINT_ENV]
+    assert secret["serving.kserve.io/s3-usehttps"] == kind[S3_USE_HTTPS_ENV]
 
 
 def dockerfile_entrypoint(path: Path) -> list[str]:

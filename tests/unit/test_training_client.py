@@ -71,7 +71,8 @@ class FakeKfpClient:
         self.packages: list[dict[str, Any]] = []
 
     def _keep(self, path: str) -> None:
-        self.packages.append(yaml.safe_load(Path(path).read_text()))
+        # The pipeline spec (the first document; the second is its Kubernetes platform spec).
+        self.packages.append(next(yaml.safe_load_all(Path(path).read_text())))
 
     def create_run_from_pipeline_package(self, **call: Any) -> _Result:
         self.calls.append(("create_run_from_pipeline_package", call))
@@ -259,7 +260,7 @@ def test_the_compile_command_writes_the_yaml(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(target.read_text())["pipelineInfo"]["name"] == PIPELINE_NAME
+    assert next(yaml.safe_load_all(target.read_text()))["pipelineInfo"]["name"] == PIPELINE_NAME
     assert (tmp_path / "c" / "train.yaml").is_file()
 
 

@@ -165,6 +165,7 @@ def chain(
         namespace="",
         predictor_image="unused",
         transformer_image="unused",
+        models_uri="",
         deployment=out["deployment"],
     )
     return out

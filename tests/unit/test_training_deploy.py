@@ -212,3 +212,91 @@ def test_the_deploy_step_sends_the_artifact_uri_to_kserve(tmp_path: Path) -> Non
     assert body["metadata"]["annotations"][VERSION_ANNOTATION] == "v9"
     assert body["spec"]["predictor"]["containers"][0]["image"] == "p:1"
     assert (tmp_path / "record.json").is_file()
+
+
+def _deploy_to_store(
+    bundle: Path, models_uri: str, record: Path, environ: dict[str, str] | None = None
+) -> tuple[dict[str, Any], FakeKubernetesCustomObjectsApi]:
+    api = FakeKubernetesCustomObjectsApi()
+    result = deploy_step(
+        bundle,
+        "minio://mlpipeline/v2/artifacts/run/export/bundle",
+        "kserve",
+        "",
+        "fraud-detector",
+        "fraud",
+        record,
+        api=api,
+        models_uri=models_uri,
+        environ=environ,
+    )
+    return result, api
+
+
+def test_the_deploy_step_copies_the_bundle_into_the_s3_model_store(tmp_path: Path) -> None:
+    from fraud_detection.training.storage import fetch_tree
+    from support.s3 import s3_bucket
+
+    bundle = make_bundle(tmp_path / "bundle", "v9", "2026-03-01T00:00:00+00:00")
+    with s3_bucket() as (bucket, environ):
+        store = f"{bucket}/fraud-detection/{tmp_path.name}/models"
+        record, api = _deploy_to_store(bundle, store, tmp_path / "record.json", environ)
+        assert record["storage_uri"] == f"{store}/v9/"
+        assert record["store"] == "copied"
+        assert record["models_uri"] == store
+        assert record["artifact_uri"] == "s3://mlpipeline/v2/artifacts/run/export/bundle"
+        (container,) = api.calls[-1][1]["body"]["spec"]["predictor"]["containers"]
+        assert {"name": "STORAGE_URI", "value": f"{store}/v9/"} in container["env"]
+        copy = fetch_tree(record["storage_uri"], tmp_path / "copy", environ)
+        assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in bundle.iterdir())
+        # A second run of the same version leaves the complete copy as it is.
+        again, _ = _deploy_to_store(bundle, store, tmp_path / "again.json", environ)
+        assert (again["store"], again["storage_uri"]) == ("exists", record["storage_uri"])
+    assert yaml.safe_load((tmp_path / "record.json").read_text()) == record
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_the_deploy_step_uses_the_store_on_any_fsspec_url(tmp_path: Path, scheme: str) -> None:
+    bundle = make_bundle(tmp_path / "bundle", "v7", "2026-03-01T00:00:00+00:00")
+    store = (tmp_path / "store").as_uri() if scheme == "file" else f"memory://{tmp_path.name}/m"
+    record, _ = _deploy_to_store(bundle, store, tmp_path / "record.json")
+    assert record["storage_uri"] == f"{store}/v7/" and record["store"] == "copied"
+    from fraud_detection.training.storage import read_object
+
+    assert read_object(f"{store}/v7/manifest.json") == (bundle / "manifest.json").read_bytes()
+
+
+def test_without_a_store_and_for_local_deployment_nothing_is_copied(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", "v8", "2026-03-01T00:00:00+00:00")
+    record, _ = _deploy_to_store(bundle, "", tmp_path / "r.json")
+    assert "store" not in record and record["storage_uri"].startswith("s3://mlpipeline/v2/")
+    local = deploy_step(
+        bundle,
+        "",
+        "local",
+        str(tmp_path / "registry"),
+        "fraud-detector",
+        "fraud",
+        tmp_path / "l.json",
+        models_uri=(tmp_path / "store").as_uri(),
+    )
+    assert local["target"] == "local" and not (tmp_path / "store").exists()
+
+
+def test_a_bad_store_fails_the_deploy_before_the_service_is_touched(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", "v6", "2026-03-01T00:00:00+00:00")
+    for store, message in (("/var/models", "must be a URL"), ("pvc://claim/m", "pvc://")):
+        api = FakeKubernetesCustomObjectsApi()
+        with pytest.raises(DeployError, match=message):
+            deploy_step(
+                bundle,
+                "s3://a/b",
+                "kserve",
+                "",
+                "fraud-detector",
+                "fraud",
+                tmp_path / "r.json",
+                api=api,
+                models_uri=store,
+            )
+        assert api.calls == []

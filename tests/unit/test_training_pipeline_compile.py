@@ -9,7 +9,13 @@ import yaml
 
 from fraud_detection.pipeline.client import compile_components, compile_pipeline
 from fraud_detection.pipeline.components import DEFAULT_IMAGE, IMAGE_ENV, STEPS
-from fraud_detection.pipeline.dag import PIPELINE_NAME, pipeline_parameters
+from fraud_detection.pipeline.dag import (
+    KFP_ARTIFACT_STORE,
+    PIPELINE_NAME,
+    S3_ENDPOINT_ENV,
+    S3_STEPS,
+    pipeline_parameters,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "fraud_training_pipeline.yaml"
@@ -26,8 +32,50 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spec(compiled: Path) -> dict:
-    return yaml.safe_load(compiled.read_text())
+def documents(compiled: Path) -> list[dict]:
+    """The compiled file's documents: the pipeline spec, then its platform (Kubernetes) spec."""
+    return [doc for doc in yaml.safe_load_all(compiled.read_text()) if doc]
+
+
+@pytest.fixture(scope="module")
+def spec(documents: list[dict]) -> dict:
+    return documents[0]
+
+
+def test_the_s3_steps_get_the_store_credentials_from_the_kfp_secret(
+    documents: list[dict], spec: dict
+) -> None:
+    (platform,) = documents[1:]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{step}" for step in S3_STEPS}
+    assert set(S3_STEPS) == {"ingest", "evaluate", "deploy"}
+    for name, config in executors.items():
+        (secret,) = config["secretAsEnv"]
+        assert secret["secretName"] == "mlpipeline-minio-artifact", name
+        assert secret["optional"] is False
+        assert {item["secretKey"]: item["envVar"] for item in secret["keyToEnv"]} == {
+            "accesskey": "AWS_ACCESS_KEY_ID",
+            "secretkey": "AWS_SECRET_ACCESS_KEY",
+        }
+        container = spec["deploymentSpec"]["executors"][name]["container"]
+        assert {"name": S3_ENDPOINT_ENV, "value": "http://minio-service.kubeflow:9000"} in (
+            container["env"]
+        ), name
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        if name not in executors:
+            assert "env" not in executor["container"], name  # only the S3 steps
+
+
+def test_without_s3_access_the_pipeline_has_no_platform_spec(tmp_path: Path) -> None:
+    path = compile_pipeline(tmp_path / "p.yaml", s3=None)
+    (only,) = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for executor in only["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]
+    assert KFP_ARTIFACT_STORE.endpoint.startswith("http://")
+
+
+def test_the_model_store_is_off_by_default() -> None:
+    assert pipeline_parameters()["models_uri"] == ("String", "")
 
 
 def test_the_committed_pipeline_yaml_is_current(compiled: Path) -> None:
@@ -83,7 +131,7 @@ def test_the_image_is_one_configuration_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(IMAGE_ENV, "registry.example/fraud:9.9")
-    spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    spec = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/fraud:9.9"}
 

@@ -9,18 +9,25 @@ with near-certain probabilities), so the monitor tests the score only when the b
 them and never computes them itself from the reference rows.
 
 Where a version's bundle is, is a :class:`BundleLocator`: :class:`RegistryLocator` (the local
-registry, ``<root>/versions/<version>``) or :class:`TemplateLocator` (any directory layout, e.g.
-a volume a cluster mounts); a storage lookup (``storageUri``) can implement the same protocol.
+registry, ``<root>/versions/<version>``), :class:`TemplateLocator` (any directory layout, e.g.
+a volume a cluster mounts) or :class:`StorageLocator` (a URL template into object storage, e.g.
+the model store ``s3://mlpipeline/fraud-detection/models/{version}`` the pipeline's deploy step
+writes; each version's manifest and drift reference are fetched once into a local cache).
+:func:`bundle_locator` picks one from the command line's ``--bundles``/``--registry``.
 :class:`ReferenceCache` loads each version once and keeps the most recent ones.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +36,7 @@ import numpy as np
 
 from fraud_detection.bundle import (
     DRIFT_REFERENCE,
+    MANIFEST,
     BundleError,
     BundleIntegrityError,
     read_manifest,
@@ -173,13 +181,128 @@ class TemplateLocator:
 
     def locate(self, model_version: str) -> Path | None:
         """The template's directory for ``model_version`` if it exists (safe names only)."""
-        if not VERSION_PATTERN.fullmatch(model_version) or ".." in model_version:
+        if not safe_version(model_version):
             return None
         path = Path(self.template.format(version=model_version))
         return path if path.is_dir() else None
 
     def __repr__(self) -> str:
         return f"TemplateLocator({self.template!r})"
+
+
+def safe_version(model_version: str) -> bool:
+    """Whether ``model_version`` may be used in a path or URL (no separators, no ``..``)."""
+    return bool(VERSION_PATTERN.fullmatch(model_version)) and ".." not in model_version
+
+
+class StorageLocator:
+    """Bundles in object storage at a URL template: ``s3://bucket/models/{version}``.
+
+    A version's manifest and drift reference (the files the monitors read, not the models) are
+    fetched through :func:`fraud_detection.training.storage.fetch_tree` into
+    ``<cache_dir>/<version>`` once; later lookups use the copy. A version with no complete
+    bundle (no manifest: absent, or still being copied) is not known (None), and looked up again
+    on a later call. A storage error (unreachable, access denied) raises
+    :class:`~fraud_detection.training.storage.StorageError`, an ``OSError``: the callers
+    (:class:`ReferenceCache`, :class:`~fraud_detection.monitoring.performance.BundleBaselines`)
+    log it and retry later. S3 settings come from ``environ`` (default: the process
+    environment; :func:`fraud_detection.training.storage.s3_options`).
+    """
+
+    #: The files fetched of each bundle.
+    FILES: tuple[str, ...] = (MANIFEST, DRIFT_REFERENCE)
+
+    def __init__(
+        self,
+        template: str,
+        cache_dir: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        from fraud_detection.training.storage import StorageError, filesystem, is_url
+
+        if "{version}" not in template:
+            raise ValueError(f"template: must contain {{version}}, got {template!r}")
+        if not is_url(template):
+            raise ValueError(
+                f"template: must be a URL (s3://bucket/prefix/{{version}}), got {template!r}"
+            )
+        try:  # the protocol is known and its package installed: fail at the start, not later
+            filesystem(template.replace("{version}", "v"), environ)
+        except StorageError as exc:
+            raise ValueError(f"template: {exc}") from exc
+        self.template = template
+        self.environ = environ
+        self._lock = threading.Lock()
+        self.cache_dir = Path(
+            cache_dir if cache_dir is not None else tempfile.mkdtemp(prefix="fraud-bundles-")
+        )
+
+    def url(self, model_version: str) -> str:
+        """The bundle's URL for ``model_version``."""
+        return self.template.format(version=model_version)
+
+    def locate(self, model_version: str) -> Path | None:
+        """The local copy of ``model_version``'s bundle (fetched on first use), or None when
+        the store holds no complete bundle of it (or the name is unsafe).
+
+        Raises:
+            fraud_detection.training.storage.StorageError: the store could not be read.
+        """
+        if not safe_version(model_version):
+            return None
+        with self._lock:  # the drift and the performance monitors share the locator
+            local = self.cache_dir / model_version
+            if not (local / MANIFEST).is_file() and not self._fetch(model_version, local):
+                return None
+            return local
+
+    def _fetch(self, model_version: str, local: Path) -> bool:
+        from fraud_detection.training.storage import StorageNotFoundError, fetch_tree
+
+        url = self.url(model_version)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{model_version}-", dir=self.cache_dir))
+        try:
+            try:
+                # The manifest is written last: its presence means the copy is complete.
+                fetch_tree(url, staging, self.environ, include=(MANIFEST,))
+            except StorageNotFoundError:
+                log.debug("no complete bundle of %s at %s", model_version, url)
+                return False
+            others = [name for name in self.FILES if name != MANIFEST]
+            try:
+                fetch_tree(url, staging, self.environ, include=others)
+            except StorageNotFoundError as exc:  # load_reference says what is missing
+                log.warning("bundle of %s: %s", model_version, exc)
+            shutil.rmtree(local, ignore_errors=True)
+            os.replace(staging, local)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("fetched the bundle files of %s from %s", model_version, url)
+        return True
+
+    def __repr__(self) -> str:
+        return f"StorageLocator({self.template!r})"
+
+
+def bundle_locator(
+    bundles: str | None = None,
+    registry: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BundleLocator:
+    """The locator of ``--bundles`` (a URL template: :class:`StorageLocator` caching under
+    ``cache_dir``; a path template: :class:`TemplateLocator`), else the registry's.
+
+    Raises ValueError naming the template and the reason when it cannot be used.
+    """
+    from fraud_detection.training.storage import is_url
+
+    if bundles is None:
+        return RegistryLocator(registry)
+    if is_url(bundles):
+        return StorageLocator(bundles, cache_dir, environ)
+    return TemplateLocator(bundles)
 
 
 class RegistryLocator(TemplateLocator):

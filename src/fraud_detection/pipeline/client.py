@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fraud_detection.pipeline.dag import PIPELINE_NAME
+from fraud_detection.pipeline.dag import KFP_ARTIFACT_STORE, PIPELINE_NAME, S3Access
 
 DEFAULT_PACKAGE = Path("pipelines") / "fraud_training_pipeline.yaml"
 #: Monthly, 02:00 UTC on the 1st (seconds minutes hours day-of-month month day-of-week).
@@ -50,15 +50,21 @@ class ClusterError(RuntimeError):
     """The Kubeflow Pipelines API could not be reached, or refused the request."""
 
 
-def compile_pipeline(path: str | Path, image: str | None = None) -> Path:
-    """Compile the pipeline (components in ``image``) to IR YAML at ``path``."""
+def compile_pipeline(
+    path: str | Path, image: str | None = None, s3: S3Access | None = KFP_ARTIFACT_STORE
+) -> Path:
+    """Compile the pipeline (components in ``image``) to IR YAML at ``path``.
+
+    ``s3``: the :class:`~fraud_detection.pipeline.dag.S3Access` of the S3 steps (default
+    :data:`~fraud_detection.pipeline.dag.KFP_ARTIFACT_STORE`), or None for none.
+    """
     from kfp import compiler
 
     from fraud_detection.pipeline.dag import build_pipeline
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image), str(path))
+    compiler.Compiler().compile(build_pipeline(image, s3), str(path))
     return path
 
 

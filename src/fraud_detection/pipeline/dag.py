@@ -9,10 +9,23 @@ the defaults below; :data:`PIPELINE_NAME` names the pipeline in the Kubeflow UI.
 ``trigger_reason`` says why the run was started (``manual``, ``schedule``, or the retraining
 trigger's reason); the export step records it in the bundle's manifest.
 
+``models_uri`` ("" by default: none) is the versioned model store: with it, the deploy step
+(kserve target) copies the bundle to ``<models_uri>/<model_version>/`` and points the
+InferenceService there instead of at the run's export artifact.
+
+In a cluster the steps that read or write ``s3://`` (ingest, evaluate, deploy) take the store's
+credentials from a Kubernetes Secret (``kfp.kubernetes.use_secret_as_env``) and its endpoint
+from an environment variable: :data:`KFP_ARTIFACT_STORE` (Kubeflow Pipelines standalone's own
+MinIO) unless :func:`build_pipeline` is given another :class:`S3Access`, or None. ``kfp.local``
+ignores the Kubernetes part; local runs build the pipeline without any
+(:func:`fraud_detection.pipeline.local.run_local`), so no cluster endpoint reaches them.
+
 No ``from __future__ import annotations`` here: KFP reads the pipeline function's annotations
 as types.
 """
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 PIPELINE_NAME = "fraud-training-pipeline"
@@ -32,8 +45,68 @@ OUTPUTS: tuple[str, ...] = (
 )
 
 
-def build_pipeline(image: str | None = None) -> Any:
-    """The pipeline (a KFP ``GraphComponent``) whose components run in ``image``."""
+#: The steps that read or write ``s3://`` URLs (data, the served bundle, the model store).
+S3_STEPS: tuple[str, ...] = ("ingest", "evaluate", "deploy")
+#: The endpoint variable the steps read (:func:`fraud_detection.training.storage.s3_options`).
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+
+
+@dataclass(frozen=True)
+class S3Access:
+    """How the S3 steps reach the object store in a cluster.
+
+    Attributes:
+        secret: the Kubernetes Secret (in the namespace the steps run in) holding the keys.
+        keys: the Secret's key -> the environment variable it becomes.
+        endpoint: the store's URL (``http://host:port``), set as ``AWS_ENDPOINT_URL_S3``; ""
+            for the AWS default.
+    """
+
+    secret: str
+    keys: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        }
+    )
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.secret.strip():
+            raise ValueError("secret: must name a Kubernetes Secret, got ''")
+        if not self.keys:
+            raise ValueError("keys: must map at least one Secret key to a variable")
+        if self.endpoint and "://" not in self.endpoint:
+            raise ValueError(f"endpoint: must be a URL (http://host:port), got {self.endpoint!r}")
+
+
+#: Kubeflow Pipelines standalone's artifact store: its MinIO service and the Secret it keeps
+#: in namespace kubeflow, where the steps run.
+KFP_ARTIFACT_STORE = S3Access(
+    secret="mlpipeline-minio-artifact",
+    keys={"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"},
+    endpoint="http://minio-service.kubeflow:9000",
+)
+
+
+def use_s3_access(task: Any, access: S3Access) -> Any:
+    """Give ``task`` the store's credentials (from the Secret) and endpoint; return it."""
+    from kfp import kubernetes
+
+    kubernetes.use_secret_as_env(
+        task, secret_name=access.secret, secret_key_to_env=dict(access.keys)
+    )
+    if access.endpoint:
+        task.set_env_variable(S3_ENDPOINT_ENV, access.endpoint)
+    return task
+
+
+def build_pipeline(image: str | None = None, s3: S3Access | None = KFP_ARTIFACT_STORE) -> Any:
+    """The pipeline (a KFP ``GraphComponent``) whose components run in ``image``.
+
+    ``s3``: where the S3 steps (:data:`S3_STEPS`) get the store's credentials and endpoint in a
+    cluster; None for none (local runs).
+    """
     from typing import NamedTuple
 
     from kfp import dsl
@@ -91,6 +164,7 @@ def build_pipeline(image: str | None = None) -> Any:
         namespace: str = "fraud-detection",
         predictor_image: str = "fraud-detection-predictor:0.1.0",
         transformer_image: str = "fraud-detection-transformer:0.1.0",
+        models_uri: str = "",
     ) -> Outputs:
         ingest = steps["ingest"](
             data=data,
@@ -162,7 +236,11 @@ def build_pipeline(image: str | None = None) -> Any:
                 namespace=namespace,
                 predictor_image=predictor_image,
                 transformer_image=transformer_image,
+                models_uri=models_uri,
             )
+        if s3 is not None:
+            for task in (ingest, evaluate, deploy):
+                use_s3_access(task, s3)
         for task in (ingest, validate, train, evaluate, gate, export, report, deploy):
             # Inputs change between runs behind the same parameters (files, topics, the deployed
             # model): never reuse a cached result.

@@ -278,7 +278,8 @@ def run_local(
     from fraud_detection.pipeline.dag import build_pipeline, pipeline_parameters
     from fraud_detection.pipeline.parameters import check_parameters
 
-    pipeline = build_pipeline(image)
+    # No cluster credentials or endpoint: kfp.local would pass the endpoint to the steps.
+    pipeline = build_pipeline(image, s3=None)
     check_parameters(arguments, pipeline_parameters(pipeline))
     output_dir = Path(output_dir).resolve()
     pipeline_root = output_dir / PIPELINE_ROOT

@@ -254,6 +254,16 @@ def check_parameters(
         resolve_target(values["deploy_target"], environ={})
     except (ValueError, DeployError) as exc:
         raise _named(exc, declared) from exc
+    models_uri = values.get("models_uri", "")
+    if isinstance(models_uri, str) and models_uri.strip():
+        from fraud_detection.training.storage import is_url
+
+        if not is_url(models_uri):
+            raise ParameterError(
+                "models_uri",
+                f"must be a URL such as s3://bucket/prefix (or empty: no model store), "
+                f"got {models_uri!r}",
+            )
     if all(split.bounds()):
         bounds = {}
         for name in ("train_start", "train_end", "test_start", "test_end"):

@@ -6,7 +6,9 @@
 * **kserve** — patch the existing ``InferenceService`` (normally applied from
   ``manifests/base/inferenceservice.yaml``) so that both its transformer and its predictor fetch
   the new bundle (``STORAGE_URI``), everything else unchanged; or create a minimal one when there
-  is none.
+  is none. The bundle served is the pipeline's export artifact (a run-specific path), or, with a
+  model store (``models_uri``), its copy at ``<models_uri>/<model_version>/``
+  (:func:`publish_bundle`): one stable place per version, where the drift monitor finds it too.
   The Kubernetes API object is passed in (a ``kubernetes.client.CustomObjectsApi`` or anything
   with the same three methods), so the code path is the same in tests.
 
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,6 +87,61 @@ def promote_local(bundle_dir: str | Path, registry_dir: str | Path | None) -> di
         "previous_version": previous,
         "current": str(registry.current()),
     }
+
+
+def version_uri(models_uri: str, model_version: str) -> str:
+    """Where the model store keeps ``model_version``: ``<models_uri>/<model_version>/``.
+
+    The trailing slash makes the URI a prefix of that version's objects only (``v1/`` never
+    matches ``v10/``) for readers that list by prefix, as KServe's storage initializer does.
+    """
+    from fraud_detection.training.storage import is_url, join_url, normalize_url
+
+    if not models_uri.strip():
+        raise DeployError("models_uri: is empty (no model store)")
+    if not is_url(models_uri):
+        raise DeployError(
+            f"models_uri: must be a URL such as s3://bucket/prefix, got {models_uri!r}"
+        )
+    if not model_version or "/" in model_version or model_version in (".", ".."):
+        raise DeployError(f"model_version: not usable in a path, got {model_version!r}")
+    return join_url(normalize_url(models_uri), model_version) + "/"
+
+
+def publish_bundle(
+    bundle_dir: str | Path, models_uri: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """Copy the (verified) bundle into the model store; return (its URI, ``copied``/``exists``).
+
+    The manifest is written last, so a copy without one is incomplete and is written again. A
+    complete copy of the same version (the same manifest) is left as it is; a different bundle
+    under the same version is refused (:class:`DeployError`): a version, once published, does
+    not change. S3 settings come from ``environ`` (default: the process environment).
+    """
+    from fraud_detection.bundle import MANIFEST, verify_bundle
+    from fraud_detection.training.storage import StorageError, put_tree, read_object
+
+    manifest = verify_bundle(bundle_dir)
+    target = version_uri(models_uri, manifest.model_version)
+    local = json.loads((Path(bundle_dir) / MANIFEST).read_text())
+    try:
+        existing = read_object(target + MANIFEST, environ)
+        if existing is not None:
+            try:
+                published = json.loads(existing)
+            except ValueError:
+                published = None
+            if published == local:
+                return target, "exists"
+            raise DeployError(
+                f"models_uri: {target} already holds another bundle of version "
+                f"{manifest.model_version} (its {MANIFEST} differs); a published version is "
+                "never overwritten"
+            )
+        put_tree(bundle_dir, target, environ, last=(MANIFEST,))
+    except StorageError as exc:
+        raise DeployError(f"models_uri: copying the bundle failed: {exc}") from exc
+    return target, "copied"
 
 
 def storage_uri(artifact_uri: str) -> str:

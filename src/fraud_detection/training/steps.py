@@ -713,8 +713,17 @@ def deploy_step(
     predictor_image: str = "fraud-detection-predictor:0.1.0",
     transformer_image: str = "fraud-detection-transformer:0.1.0",
     api: Any = None,
+    models_uri: str = "",
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Deploy the bundle (local registry or InferenceService); write what was done."""
+    """Deploy the bundle (local registry or InferenceService); write what was done.
+
+    kserve: with ``models_uri`` ("" for none) the bundle is first copied into the model store
+    (:func:`~fraud_detection.training.deploy.publish_bundle`) and the InferenceService is pointed
+    at ``<models_uri>/<model_version>/``; without, at the export artifact ``bundle_uri``. The
+    record says where (``storage_uri``), and, with a store, ``artifact_uri``, ``models_uri`` and
+    ``store`` (``copied`` or ``exists``). ``models_uri`` plays no part in a local deployment.
+    """
     from fraud_detection.bundle import verify_bundle
     from fraud_detection.training.deploy import (
         LOCAL,
@@ -722,6 +731,7 @@ def deploy_step(
         current_namespace,
         deploy_kserve,
         promote_local,
+        publish_bundle,
         resolve_target,
         storage_uri,
     )
@@ -730,14 +740,20 @@ def deploy_step(
     if resolve_target(target) == LOCAL:
         record = promote_local(bundle_dir, registry_dir or None)
     else:
+        store: dict[str, Any] = {}
+        uri = storage_uri(bundle_uri)
+        if models_uri.strip():
+            published, action = publish_bundle(bundle_dir, models_uri, environ)
+            store = {"artifact_uri": uri, "models_uri": models_uri.strip(), "store": action}
+            uri = published
         spec = ServiceSpec(
             name=service_name,
             namespace=namespace or current_namespace(),
-            storage_uri=storage_uri(bundle_uri),
+            storage_uri=uri,
             model_version=manifest.model_version,
             predictor_image=predictor_image,
             transformer_image=transformer_image,
         )
-        record = deploy_kserve(spec, api)
+        record = {**deploy_kserve(spec, api), **store}
     write_json(record_path, record)
     return record

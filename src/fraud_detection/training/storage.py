@@ -1,9 +1,12 @@
-"""Object-store URLs (``s3://``, ``gs://``, ``memory://``, ``file://``, …) read through fsspec.
+"""Object-store URLs (``s3://``, ``gs://``, ``memory://``, ``file://``, …) read and written
+through fsspec.
 
-Used by ingest (data files given as URLs) and by the evaluate step (the bundle an
-InferenceService serves). Every failure is a :class:`StorageError` whose message names the URL
-and the reason: the protocol's package is missing (``s3://`` needs ``s3fs``), the object is
-absent, access was refused, the store could not be reached.
+Used by ingest (data files given as URLs), by the evaluate step (the bundle an InferenceService
+serves), by the deploy step (:func:`put_tree`: a bundle copied into the versioned model store)
+and by the drift monitor (a version's drift reference and manifest). Every failure is a
+:class:`StorageError` whose message names the URL and the reason: the protocol's package is
+missing (``s3://`` needs ``s3fs``), the object is absent (:class:`StorageNotFoundError`), access
+was refused, the store could not be reached.
 
 S3 settings come from the environment the pipeline pods get (the same variables as KServe's
 storage initializer and the AWS SDKs): ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,19 @@ from typing import Any
 _ALIASES = {"minio": "s3"}
 _URL = re.compile(r"^(?P<protocol>[A-Za-z][A-Za-z0-9+.-]*)://")
 _FALSE = ("0", "false", "no", "off")
+#: The endpoint variables of a custom S3 store: ``host:port``, and "0" for plain HTTP.
+S3_ENDPOINT_ENV = "S3_ENDPOINT"
+S3_USE_HTTPS_ENV = "S3_USE_HTTPS"
 #: Seconds to wait for a connection to an S3 endpoint before giving up on an attempt.
 S3_CONNECT_TIMEOUT_S = 10
 
 
 class StorageError(OSError):
-    """A URL could not be read; the message names the URL and the reason."""
+    """A URL could not be read or written; the message names the URL and the reason."""
+
+
+class StorageNotFoundError(StorageError):
+    """Nothing is at the URL (no object, no prefix): absent, not unreachable."""
 
 
 def url_protocol(text: str) -> str | None:
@@ -70,12 +80,12 @@ def s3_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if env.get("AWS_SESSION_TOKEN"):
             options["token"] = env["AWS_SESSION_TOKEN"]
     endpoint = (
-        env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get("S3_ENDPOINT")
+        env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get(S3_ENDPOINT_ENV)
     )
     if endpoint:
         endpoint = endpoint.strip()
         if not is_url(endpoint):
-            scheme = "http" if _is_false(env.get("S3_USE_HTTPS")) else "https"
+            scheme = "http" if _is_false(env.get(S3_USE_HTTPS_ENV)) else "https"
             endpoint = f"{scheme}://{endpoint}"
         options["endpoint_url"] = endpoint
         config["s3"] = {"addressing_style": "path"}
@@ -133,35 +143,53 @@ def filesystem(url: str, environ: Mapping[str, str] | None = None) -> tuple[Any,
         raise StorageError(f"{url}: {type(exc).__name__}: {exc}") from exc
 
 
-def describe_error(url: str, exc: BaseException) -> str:
-    """``exc`` raised while reading ``url``, as one line naming the URL and the reason."""
+def describe_error(url: str, exc: BaseException, action: str = "read") -> str:
+    """``exc`` raised while reading (``action``) ``url``, as one line naming the URL and the
+    reason."""
     if isinstance(exc, StorageError):
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return f"{url}: no such object"
     if isinstance(exc, PermissionError):
         return f"{url}: access denied ({exc})"
-    return f"{url}: cannot read ({type(exc).__name__}: {exc})"
+    return f"{url}: cannot {action} ({type(exc).__name__}: {exc})"
 
 
-def fetch_tree(url: str, dest: str | Path, environ: Mapping[str, str] | None = None) -> Path:
+def fetch_tree(
+    url: str,
+    dest: str | Path,
+    environ: Mapping[str, str] | None = None,
+    include: Collection[str] | None = None,
+) -> Path:
     """Copy every object under ``url`` (a directory or prefix) into ``dest``; return ``dest``.
 
-    Raises :class:`StorageError` naming the URL when nothing is there or a read fails.
+    ``include``: only these paths relative to ``url`` (e.g. ``{"manifest.json"}``); each must be
+    there. Raises :class:`StorageNotFoundError` when nothing (or an included path) is there, and
+    :class:`StorageError` naming the URL when a read fails.
     """
     dest = Path(dest)
     fs, root = filesystem(url, environ)
     root = root.rstrip("/")
     try:
         found = fs.find(root)
+    except FileNotFoundError as exc:
+        raise StorageNotFoundError(f"{url}: no such object or prefix") from exc
     except Exception as exc:  # network and backend errors: reported with the URL
         raise StorageError(describe_error(url, exc)) from exc
     if not found:
-        raise StorageError(f"{url}: no such object or prefix")
+        raise StorageNotFoundError(f"{url}: no such object or prefix")
+    objects: dict[str, str] = {}
     for path in sorted(found):
         relative = path[len(root) :].lstrip("/") if path.startswith(root) else ""
         if not relative or ".." in Path(relative).parts:
             raise StorageError(f"{url}: unexpected object {path!r} under the prefix")
+        objects[relative] = path
+    if include is not None:
+        missing = sorted(set(include) - set(objects))
+        if missing:
+            raise StorageNotFoundError(f"{url}: no {', '.join(missing)} under the prefix")
+        objects = {relative: objects[relative] for relative in sorted(include)}
+    for relative, path in objects.items():
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -169,6 +197,60 @@ def fetch_tree(url: str, dest: str | Path, environ: Mapping[str, str] | None = N
         except Exception as exc:  # network and backend errors: reported with the URL
             raise StorageError(describe_error(fs.unstrip_protocol(path), exc)) from exc
     return dest
+
+
+def read_object(url: str, environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The bytes of the object at ``url``, or None when there is none.
+
+    Raises :class:`StorageError` naming the URL when the store cannot be read.
+    """
+    fs, path = filesystem(url, environ)
+    try:
+        return bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+    except Exception as exc:  # network and backend errors: reported with the URL
+        raise StorageError(describe_error(url, exc)) from exc
+
+
+def join_url(base: str, *parts: str) -> str:
+    """``base`` and ``parts`` joined with single slashes (``s3://b/models`` + ``v1``)."""
+    return "/".join([base.rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def put_tree(
+    src: str | Path,
+    url: str,
+    environ: Mapping[str, str] | None = None,
+    last: Sequence[str] = (),
+) -> list[str]:
+    """Copy every file under the local directory ``src`` to ``url/<relative path>``.
+
+    The files named in ``last`` (paths relative to ``src``) are written after all the others,
+    in that order: a reader that takes one of them (a manifest) as the sign of a complete copy
+    never sees a partial one. Returns the URLs written. Raises :class:`StorageError` naming the
+    URL when ``src`` is not a directory or a write fails.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise StorageError(f"{src}: not a directory (the tree to copy to {url})")
+    fs, root = filesystem(url, environ)
+    root = root.rstrip("/")
+    relatives = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    ordered = [r for r in relatives if r not in last] + [r for r in last if r in relatives]
+    written: list[str] = []
+    for relative in ordered:
+        target = f"{root}/{relative}"
+        try:
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(src / relative), target)
+        except Exception as exc:  # network and backend errors: reported with the URL
+            where = fs.unstrip_protocol(target)
+            raise StorageError(describe_error(where, exc, "write")) from exc
+        written.append(fs.unstrip_protocol(target))
+    return written
 
 
 def open_files(url: str, environ: Mapping[str, str] | None = None) -> list[Any]:
