@@ -228,12 +228,17 @@ step "installing cert-manager ${CERT_MANAGER_VERSION}"
 run kubectl apply -f "https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
 run kubectl wait --for=condition=Available deployment --all -n cert-manager --timeout=600s
 
+STORAGE_INITIALIZER_SECURITY='{"spec":{"container":{"securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]},"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}}}}}'
 step "installing KServe ${KSERVE_VERSION} (raw deployment mode by default)"
 retry 10 15 kubectl apply --server-side --force-conflicts -f "https://github.com/kserve/kserve/releases/download/${KSERVE_VERSION}/kserve.yaml"
 run kubectl wait --for=condition=Available deployment/kserve-controller-manager -n kserve --timeout=600s
 retry 10 15 kubectl apply --server-side --force-conflicts -f "https://github.com/kserve/kserve/releases/download/${KSERVE_VERSION}/kserve-cluster-resources.yaml"
 run kubectl patch configmap inferenceservice-config -n kserve --type merge \
   -p '{"data":{"deploy":"{\"defaultDeploymentMode\": \"Standard\"}"}}'
+# KServe 0.20 injects its storage initializer without a security context, which Pod Security
+# Admission "restricted" (the level of namespace fraud-detection) rejects: give the default
+# ClusterStorageContainer a restricted one (the storage-initializer image runs as uid 1000).
+run kubectl patch clusterstoragecontainer default --type merge -p "${STORAGE_INITIALIZER_SECURITY}"
 run kubectl rollout restart deployment/kserve-controller-manager -n kserve
 run kubectl rollout status deployment/kserve-controller-manager -n kserve --timeout=600s
 

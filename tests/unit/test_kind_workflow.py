@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -276,6 +278,7 @@ def test_dry_run_installs_the_pinned_releases_in_order(dry_run_output: list[str]
         rf"kserve/releases/download/{versions['KSERVE_VERSION']}/kserve\.yaml",
         rf"kserve/releases/download/{versions['KSERVE_VERSION']}/kserve-cluster-resources\.yaml",
         r"inferenceservice-config .*defaultDeploymentMode.*Standard",
+        r"patch clusterstoragecontainer default .*runAsNonRoot.*true",
         rf"cluster-scoped-resources\?ref={versions['KFP_VERSION']}",
         rf"env/platform-agnostic\?ref={versions['KFP_VERSION']}",
         r"^\+ kubectl wait --for=condition=Available deployment --all -n kubeflow",
@@ -298,6 +301,23 @@ def test_dry_run_installs_the_pinned_releases_in_order(dry_run_output: list[str]
     ]
     positions = [_index(dry_run_output, pattern) for pattern in steps]
     assert positions == sorted(positions), list(zip(steps, positions, strict=True))
+
+
+def test_the_storage_initializer_gets_what_pod_security_restricted_requires(
+    dry_run_output: list[str],
+) -> None:
+    """KServe injects its storage initializer into the namespace's pods; under Pod Security
+    ``restricted`` (the namespace's level) it needs this security context, or the pods are
+    refused."""
+    (line,) = [line for line in dry_run_output if "patch clusterstoragecontainer" in line]
+    patch = json.loads(shlex.split(line)[-1])
+    context = patch["spec"]["container"]["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] > 0
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    namespace = yaml.safe_load((REPO / "manifests" / "base" / "namespace.yaml").read_text())
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def test_dry_run_submits_and_schedules_a_cluster_deployment(dry_run_output: list[str]) -> None:
