@@ -552,3 +552,32 @@ def test_drift_can_wait_until_it_has_lasted() -> None:
     assert state.drift_since is None
     _, decisions = feed([drift(i, True) for i in range(1, 4)])
     assert decisions[2] is not None and decisions[2].fired  # without a wait: at once
+
+
+def test_a_store_that_cannot_be_read_is_looked_up_again_not_fatal(tmp_path: Path) -> None:
+    """The served model's bundle from a URL locator: a store error leaves the version without
+    ``data_end`` for now (no schedule rule), and the next lookup tries the store again."""
+    from fraud_detection.monitoring.trigger_runner import ServedModels
+
+    bundle = tmp_path / "v1"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"data_end": "2026-03-01T00:00:00+00:00"}))
+
+    class FlakyStore:
+        """A locator whose store fails on the first lookup."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def locate(self, model_version: str) -> Path | None:
+            self.calls += 1
+            if self.calls == 1:
+                raise OSError("the store is unreachable")
+            return tmp_path / model_version
+
+    store = FlakyStore()
+    served = ServedModels(None, store)
+    assert served.of("v1").data_end is None
+    assert served.of("v1").data_end == datetime(2026, 3, 1, tzinfo=UTC)
+    assert served.of("v1").data_end == datetime(2026, 3, 1, tzinfo=UTC)
+    assert store.calls == 2, "a version found is kept, not looked up again"

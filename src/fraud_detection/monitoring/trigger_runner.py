@@ -665,8 +665,21 @@ class ServedModels:
         return self._model(path.name, path)
 
     def of(self, version: str) -> ServedModel:
-        """``version`` with the ``data_end`` of its bundle, if the locator finds it."""
-        path = self.locator.locate(version) if self.locator is not None else None
+        """``version`` with the ``data_end`` of its bundle, if the locator finds it.
+
+        A store that cannot be read (an ``OSError`` of a URL locator) is logged and the version
+        returned without ``data_end``, uncached, so the next call looks again.
+        """
+        if version not in self._cache and self.locator is not None:
+            try:
+                path = self.locator.locate(version)
+            except OSError as exc:
+                log.warning(
+                    "model %s: its bundle could not be read (%s); looking again later", version, exc
+                )
+                return ServedModel(version, None)
+        else:
+            path = None
         return self._model(version, path)
 
     def _model(self, version: str, path: Path | None) -> ServedModel:
