@@ -7,6 +7,7 @@ Readers map every known source schema onto the canonical field names of
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import gzip
@@ -14,6 +15,7 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,21 +140,38 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return expanded
 
 
-def _read_one(path: Path) -> pd.DataFrame:
-    name = path.name.lower()
-    if name.endswith(CSV_SUFFIXES):
-        # Identifiers stay text: "007" and "7" are different cards.
-        header = pd.read_csv(path, nrows=0).columns
+class UnsupportedFileTypeError(ValueError):
+    """A file whose name is neither CSV nor Parquet."""
+
+
+def _opened(source: Any) -> contextlib.AbstractContextManager[Any]:
+    """``source`` ready for pandas: a local path as it is, an fsspec ``OpenFile`` opened."""
+    return contextlib.nullcontext(source) if isinstance(source, str | Path) else source
+
+
+def read_table(source: Any, name: str) -> pd.DataFrame:
+    """One CSV (or CSV.gz) or Parquet file as read, its format chosen by ``name``.
+
+    ``source`` is a local path or an fsspec ``OpenFile`` (opened, and decompressed, as needed).
+    Identifier columns of every known schema are read as text: "007" and "7" are different
+    cards. Raises :class:`UnsupportedFileTypeError` naming ``name`` for another kind of file.
+    """
+    lower = name.lower()
+    if lower.endswith(CSV_SUFFIXES):
+        with _opened(source) as stream:
+            header = pd.read_csv(stream, nrows=0).columns
         dtypes = {
             src: str
             for schema in SOURCE_SCHEMAS
             for src, dst in schema.mapping.items()
             if dst in ID_COLUMNS and src in header
         }
-        return pd.read_csv(path, dtype=dtypes)
-    if name.endswith(PARQUET_SUFFIXES):
-        return pd.read_parquet(path)
-    raise ValueError(f"{path}: unsupported file type; expected one of {_SUPPORTED}")
+        with _opened(source) as stream:
+            return pd.read_csv(stream, dtype=dtypes)
+    if lower.endswith(PARQUET_SUFFIXES):
+        with _opened(source) as stream:
+            return pd.read_parquet(stream)
+    raise UnsupportedFileTypeError(f"{name}: unsupported file type; expected one of {_SUPPORTED}")
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,7 @@ def read_transaction_files(
 ) -> tuple[pd.DataFrame, list[SourceRows]]:
     """:func:`read_transactions`, and which rows of the frame each file holds, in order."""
     files = expand_paths(paths)
-    frames = [to_canonical_names(_read_one(path), str(path)) for path in files]
+    frames = [to_canonical_names(read_table(path, str(path)), str(path)) for path in files]
     sources, start = [], 0
     for path, frame in zip(files, frames, strict=True):
         sources.append(SourceRows(path, start, len(frame)))

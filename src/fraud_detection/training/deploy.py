@@ -242,6 +242,22 @@ def current_namespace(default: str = "default") -> str:
         return default
 
 
+def inference_services(namespace: str) -> dict[str, str]:
+    """The API arguments that address InferenceServices in ``namespace``."""
+    return {
+        "group": KSERVE_GROUP,
+        "version": KSERVE_VERSION,
+        "namespace": namespace,
+        "plural": KSERVE_PLURAL,
+    }
+
+
+def read_inference_service(api: CustomObjectsApi, name: str, namespace: str) -> Any:
+    """The InferenceService ``namespace/name`` (the client's ``ApiException`` when it cannot be
+    read: status 404 when there is none)."""
+    return api.get_namespaced_custom_object(name=name, **inference_services(namespace))
+
+
 def apply_inference_service(api: CustomObjectsApi, spec: ServiceSpec) -> str:
     """Create the InferenceService, or patch the existing one to the new bundle.
 
@@ -249,14 +265,9 @@ def apply_inference_service(api: CustomObjectsApi, spec: ServiceSpec) -> str:
     """
     from kubernetes.client.exceptions import ApiException
 
-    where = {
-        "group": KSERVE_GROUP,
-        "version": KSERVE_VERSION,
-        "namespace": spec.namespace,
-        "plural": KSERVE_PLURAL,
-    }
+    where = inference_services(spec.namespace)
     try:
-        existing = api.get_namespaced_custom_object(name=spec.name, **where)
+        existing = read_inference_service(api, spec.name, spec.namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise DeployError(

@@ -39,42 +39,17 @@ def read_files(paths: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
         raise IngestError(str(exc)) from exc
 
 
-def _id_dtypes(header: Sequence[str]) -> dict[str, type]:
-    """Identifier columns of any known schema in ``header``, read as text ("007" is not 7)."""
-    from fraud_detection.data.files import SOURCE_SCHEMAS
-    from fraud_detection.schema import ID_COLUMNS
-
-    return {
-        source: str
-        for schema in SOURCE_SCHEMAS
-        for source, field in schema.mapping.items()
-        if field in ID_COLUMNS and source in header
-    }
-
-
-def _read_object(opened: Any, name: str) -> pd.DataFrame:
-    from fraud_detection.data.files import CSV_SUFFIXES, PARQUET_SUFFIXES
-
-    lower = name.lower()
-    if lower.endswith(CSV_SUFFIXES):
-        with opened as stream:
-            header = pd.read_csv(stream, nrows=0).columns
-        with opened as stream:
-            return pd.read_csv(stream, dtype=_id_dtypes(list(header)))
-    if lower.endswith(PARQUET_SUFFIXES):
-        with opened as stream:
-            return pd.read_parquet(stream)
-    supported = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
-    raise IngestError(f"{name}: unsupported file type; expected one of {supported}")
-
-
 def read_urls(urls: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """Transactions from fsspec URLs (globs expanded), and the objects read.
 
     :class:`IngestError` names the URL and the problem: the protocol's package is missing, the
     object is absent or unreadable, the pattern matches nothing, the schema is unknown.
     """
-    from fraud_detection.data.files import to_canonical_names
+    from fraud_detection.data.files import (
+        UnsupportedFileTypeError,
+        read_table,
+        to_canonical_names,
+    )
     from fraud_detection.training.storage import StorageError, describe_error, open_files
 
     frames, names = [], []
@@ -86,9 +61,9 @@ def read_urls(urls: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
         for one in opened:
             name = one.fs.unstrip_protocol(one.path)
             try:
-                frame = _read_object(one, name)
-            except IngestError:
-                raise
+                frame = read_table(one, name)
+            except UnsupportedFileTypeError as exc:
+                raise IngestError(str(exc)) from exc
             except (OSError, EOFError) as exc:  # absent, refused, unreachable, truncated
                 raise IngestError(describe_error(name, exc)) from exc
             try:

@@ -24,20 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fraud_detection.training.deploy import (
-    KSERVE_GROUP,
-    KSERVE_PLURAL,
-    KSERVE_VERSION,
     STORAGE_URI_ENV,
     CustomObjectsApi,
     current_namespace,
+    read_inference_service,
 )
+from fraud_detection.training.gate import NOT_DEPLOYED, UNAVAILABLE
 
-#: The InferenceService's model was located (``storage_uri`` is set).
+#: The InferenceService's model was located (``storage_uri`` is set). The other statuses are
+#: the gate's: NOT_DEPLOYED (no InferenceService yet) and UNAVAILABLE (a model may be in service,
+#: but where its bundle is cannot be known or read).
 FOUND = "found"
-#: There is no InferenceService yet: a first deployment, nothing to compare with.
-NOT_DEPLOYED = "not_deployed"
-#: A model may be in service, but where its bundle is cannot be known or read.
-UNAVAILABLE = "unavailable"
 #: Predictor sections that carry a ``storageUri`` (v1beta1 framework specs).
 FRAMEWORKS: tuple[str, ...] = (
     "sklearn",
@@ -114,13 +111,7 @@ def find_served_model(api: CustomObjectsApi, name: str, namespace: str) -> Serve
 
     service = f"{namespace}/{name}"
     try:
-        found = api.get_namespaced_custom_object(
-            group=KSERVE_GROUP,
-            version=KSERVE_VERSION,
-            namespace=namespace,
-            plural=KSERVE_PLURAL,
-            name=name,
-        )
+        found = read_inference_service(api, name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return ServedModel(
