@@ -239,15 +239,12 @@ def monitor(
         )
     if bundles is not None and registry is not None:
         raise _usage("--bundles and --registry exclude each other")
-    if bundles is not None and "{version}" not in bundles:
-        raise _usage(f"--bundles: must contain {{version}}, got {bundles!r}")
     if bundles is not None:
-        from fraud_detection.monitoring.reference import bundle_locator
+        from fraud_detection.monitoring.reference import bundles_template_problem
 
-        try:  # a URL's protocol must be known and its package installed
-            bundle_locator(bundles, cache_dir=Path("."))
-        except ValueError as exc:
-            raise _usage(f"--bundles: {exc}") from None
+        problem = bundles_template_problem(bundles)
+        if problem is not None:
+            raise _usage(f"--bundles: {problem}")
     if no_results_topic and results_topic is not None:
         raise _usage("--results-topic and --no-results-topic exclude each other")
     excluded = tuple(

@@ -201,8 +201,12 @@ def trigger(
         raise _usage(f"--{str(exc).replace('_', '-')}") from exc
     if split not in ("stratified", "temporal"):
         raise _usage(f"--split: must be stratified or temporal, got {split!r}")
-    if bundles is not None and "{version}" not in bundles:
-        raise _usage(f"--bundles: must contain {{version}}, got {bundles!r}")
+    if bundles is not None:
+        from fraud_detection.monitoring.reference import bundles_template_problem
+
+        problem = bundles_template_problem(bundles)
+        if problem is not None:
+            raise _usage(f"--bundles: {problem}")
     if no_events_topic and results_topic is not None and results_file is not None:
         raise _usage("--results-topic and --no-events-topic exclude each other here")
     from fraud_detection.pipeline.parameters import ParameterError, parse_parameters

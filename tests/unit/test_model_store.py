@@ -256,11 +256,12 @@ def test_bundle_locator_picks_by_template_and_refuses_unusable_urls(tmp_path: Pa
             bundle_locator(bad, cache_dir=tmp_path)
 
 
-def test_the_monitor_command_refuses_an_unusable_bundles_url() -> None:
+@pytest.mark.parametrize("command", ["monitor", "trigger"])
+def test_the_commands_refuse_an_unusable_bundles_url(command: str) -> None:
     from fraud_detection.cli import app
 
     result = CliRunner().invoke(
-        app, ["monitor", "--bundles", "nope://models/{version}"], env={"COLUMNS": "200"}
+        app, [command, "--bundles", "nope://models/{version}"], env={"COLUMNS": "200"}
     )
     assert result.exit_code == 2, result.output
     assert "--bundles" in result.output and "unknown URL protocol nope://" in result.output

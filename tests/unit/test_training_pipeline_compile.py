@@ -12,10 +12,10 @@ from fraud_detection.pipeline.components import DEFAULT_IMAGE, IMAGE_ENV, STEPS
 from fraud_detection.pipeline.dag import (
     KFP_ARTIFACT_STORE,
     PIPELINE_NAME,
-    S3_ENDPOINT_ENV,
     S3_STEPS,
     pipeline_parameters,
 )
+from fraud_detection.training.storage import S3_ENDPOINT_URL_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "fraud_training_pipeline.yaml"
@@ -58,7 +58,7 @@ def test_the_s3_steps_get_the_store_credentials_from_the_kfp_secret(
             "secretkey": "AWS_SECRET_ACCESS_KEY",
         }
         container = spec["deploymentSpec"]["executors"][name]["container"]
-        assert {"name": S3_ENDPOINT_ENV, "value": "http://minio-service.kubeflow:9000"} in (
+        assert {"name": S3_ENDPOINT_URL_ENV, "value": "http://minio-service.kubeflow:9000"} in (
             container["env"]
         ), name
     for name, executor in spec["deploymentSpec"]["executors"].items():

@@ -305,6 +305,20 @@ def bundle_locator(
     return TemplateLocator(bundles)
 
 
+def bundles_template_problem(bundles: str) -> str | None:
+    """Why ``bundles`` (a ``--bundles`` template) cannot be used, or None when it can.
+
+    It must contain ``{version}``; a URL's protocol must be known and its package installed.
+    """
+    if "{version}" not in bundles:
+        return f"must contain {{version}}, got {bundles!r}"
+    try:
+        bundle_locator(bundles, cache_dir=Path("."))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class RegistryLocator(TemplateLocator):
     """Every version promoted into the local registry: ``<root>/versions/<version>``."""
 

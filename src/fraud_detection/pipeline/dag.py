@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fraud_detection.training.storage import S3_ENDPOINT_URL_ENV
+
 PIPELINE_NAME = "fraud-training-pipeline"
 PIPELINE_DESCRIPTION = (
     "Card-fraud model training: ingest, validate (pandera), train a class-weighted random forest, "
@@ -47,8 +49,6 @@ OUTPUTS: tuple[str, ...] = (
 
 #: The steps that read or write ``s3://`` URLs (data, the served bundle, the model store).
 S3_STEPS: tuple[str, ...] = ("ingest", "evaluate", "deploy")
-#: The endpoint variable the steps read (:func:`fraud_detection.training.storage.s3_options`).
-S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def use_s3_access(task: Any, access: S3Access) -> Any:
         task, secret_name=access.secret, secret_key_to_env=dict(access.keys)
     )
     if access.endpoint:
-        task.set_env_variable(S3_ENDPOINT_ENV, access.endpoint)
+        task.set_env_variable(S3_ENDPOINT_URL_ENV, access.endpoint)
     return task
 
 
@@ -239,8 +239,9 @@ def build_pipeline(image: str | None = None, s3: S3Access | None = KFP_ARTIFACT_
                 models_uri=models_uri,
             )
         if s3 is not None:
-            for task in (ingest, evaluate, deploy):
-                use_s3_access(task, s3)
+            tasks = {"ingest": ingest, "evaluate": evaluate, "deploy": deploy}
+            for step in S3_STEPS:
+                use_s3_access(tasks[step], s3)
         for task in (ingest, validate, train, evaluate, gate, export, report, deploy):
             # Inputs change between runs behind the same parameters (files, topics, the deployed
             # model): never reuse a cached result.

@@ -145,10 +145,11 @@ def publish_bundle(
 
 
 def storage_uri(artifact_uri: str) -> str:
-    """The KServe ``storageUri`` of a pipeline artifact (KFP's ``minio://`` is S3 to KServe)."""
-    if artifact_uri.startswith("minio://"):
-        return "s3://" + artifact_uri[len("minio://") :]
-    return artifact_uri
+    """The KServe ``storageUri`` of a pipeline artifact (KFP's ``minio://`` is S3 to KServe:
+    :func:`~fraud_detection.training.storage.normalize_url`)."""
+    from fraud_detection.training.storage import normalize_url
+
+    return normalize_url(artifact_uri)
 
 
 @dataclass(frozen=True)

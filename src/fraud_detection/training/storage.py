@@ -30,6 +30,8 @@ from typing import Any
 _ALIASES = {"minio": "s3"}
 _URL = re.compile(r"^(?P<protocol>[A-Za-z][A-Za-z0-9+.-]*)://")
 _FALSE = ("0", "false", "no", "off")
+#: The endpoint of a custom S3 store as a URL (what a pipeline step is given).
+S3_ENDPOINT_URL_ENV = "AWS_ENDPOINT_URL_S3"
 #: The endpoint variables of a custom S3 store: ``host:port``, and "0" for plain HTTP.
 S3_ENDPOINT_ENV = "S3_ENDPOINT"
 S3_USE_HTTPS_ENV = "S3_USE_HTTPS"
@@ -80,7 +82,7 @@ def s3_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if env.get("AWS_SESSION_TOKEN"):
             options["token"] = env["AWS_SESSION_TOKEN"]
     endpoint = (
-        env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or env.get(S3_ENDPOINT_ENV)
+        env.get(S3_ENDPOINT_URL_ENV) or env.get("AWS_ENDPOINT_URL") or env.get(S3_ENDPOINT_ENV)
     )
     if endpoint:
         endpoint = endpoint.strip()
