@@ -77,9 +77,9 @@ serve: $(INSTALLED) ## Serve the registry's current model (transformer on :8080)
 pipeline-yaml: $(INSTALLED) ## Recompile pipelines/fraud_training_pipeline.yaml and components/*.yaml
 	$(BIN)/python pipelines/fraud_training_pipeline.py
 
-bench: $(INSTALLED) ## Run the benchmarks and print their figures (the serving one in its --quick form)
+bench: $(INSTALLED) ## Run the benchmarks and print their figures (the serving and handbook ones in their --quick form)
 	@for script in benchmarks/bench_*.py; do \
-		args=; [ "$$script" = benchmarks/bench_serving.py ] && args=--quick; \
+		args=; case "$$script" in benchmarks/bench_serving.py|benchmarks/bench_handbook.py) args=--quick;; esac; \
 		echo "== $$script $$args"; $(BIN)/python $$script $$args || exit 1; done
 
 e2e: $(INSTALLED) ## On a new kind cluster: install KServe, Kubeflow Pipelines, the manifests; train, deploy, score, schedule (needs Docker, kind, kubectl; KEEP_CLUSTER=1 keeps it)

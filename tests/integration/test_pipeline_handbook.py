@@ -23,8 +23,6 @@ def test_the_handbook_month_trains_with_a_temporal_split(
             "test_start": "2018-04-22",
             "test_end": "2018-04-28",
             "n_estimators": 30,
-            "class_weight": "none",
-            "min_samples_leaf": 5,
             "registry_dir": str(tmp_path / "registry"),
         },
         tmp_path / "run",
@@ -39,3 +37,6 @@ def test_the_handbook_month_trains_with_a_temporal_split(
     assert split["test_rows_excluded_known_compromised"] > 0
     assert summary["roc_auc"] > 0.8 and summary["pr_auc"] > 0.5
     assert 0.0 < summary["card_precision_at_100"] <= 1.0
+    # The class weights are undone in the leaves: at 0.1 the alerts are not mostly false (raw
+    # weighted scores flag several times more transactions, precision under 0.1 on these folds).
+    assert summary["precision"] > 0.3

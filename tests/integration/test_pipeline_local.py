@@ -147,7 +147,7 @@ def test_metrics_json_and_the_report_are_written(first: dict[str, Any]) -> None:
     assert metrics["threshold"] == 0.1
     assert set(metrics["step_seconds"]) == set(STEPS)
     page = (first["out"] / metrics["report"]).read_text()
-    assert page.count("data:image/png;base64,") == 7
+    assert page.count("data:image/png;base64,") == 8
     assert (first["out"] / "pipeline.log").stat().st_size > 0
 
 

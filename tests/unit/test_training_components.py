@@ -290,7 +290,7 @@ def test_export_warns_when_the_reference_is_short(
 
 def test_report_embeds_the_charts(chain: dict[str, Any]) -> None:
     page = Path(chain["run_report"].path).read_text()
-    assert page.count("data:image/png;base64,") == 7
+    assert page.count("data:image/png;base64,") == 8
     assert "Gate: <span class='passed'>passed</span>" in page
 
 

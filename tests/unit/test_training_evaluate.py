@@ -19,6 +19,7 @@ from fraud_detection.training.evaluate import (
     expected_cost,
     fraud_value_caught,
     permutation_importances,
+    reliability,
     roc_points,
     score_histogram,
     threshold_curve,
@@ -231,6 +232,34 @@ def test_score_histograms_put_a_score_at_the_threshold_on_the_flagged_side() -> 
     assert histogram["fraud"] == [0, 1, 0, 0, 0, 1, 0, 0, 0, 1]  # 1.0 is in the last bin
     flagged = sum(histogram["legitimate"][1:]) + sum(histogram["fraud"][1:])
     assert flagged == classification_metrics(labels, scores, 0.1)["flagged"]
+
+
+def test_reliability_bins_by_hand() -> None:
+    labels = np.array([0, 0, 1, 0, 1, 1, 0])
+    scores = np.array([0.0, 0.004, 0.03, 0.04, 0.1, 0.95, 1.0])
+    bins = reliability(labels, scores, edges=(0.0, 0.01, 0.1, 0.5, 1.0))
+    # 0.1 opens the bin it is the lower edge of; 1.0 closes the last bin.
+    assert bins["low"] == [0.0, 0.01, 0.1, 0.5]
+    assert bins["rows"] == [2, 2, 1, 2]
+    assert bins["frauds"] == [0, 1, 1, 1]
+    assert bins["mean_score"] == pytest.approx([0.002, 0.035, 0.1, 0.975])
+    assert bins["fraud_rate"] == [0.0, 0.5, 1.0, 0.5]
+    low, high = wilson_interval(1, 2)
+    assert (bins["fraud_rate_low"][1], bins["fraud_rate_high"][1]) == (low, high)
+
+
+def test_reliability_leaves_empty_bins_out_and_follows_calibrated_scores() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.beta(0.3, 6.0, size=200_000)
+    labels = (rng.random(len(scores)) < scores).astype(np.int64)  # calibrated by construction
+    bins = reliability(labels, scores)
+    assert sum(bins["rows"]) == len(scores)
+    for rate, low, high in zip(
+        bins["mean_score"], bins["fraud_rate_low"], bins["fraud_rate_high"], strict=True
+    ):
+        assert low - 0.01 <= rate <= high + 0.01
+    sparse = reliability(np.array([0, 1]), np.array([0.05, 0.07]))
+    assert sparse["rows"] == [2] and sparse["low"] == [0.05]
 
 
 def test_permutation_importance_finds_the_informative_feature_on_a_bounded_sample() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from fraud_detection.pipeline.dag import (
     S3_STEPS,
     pipeline_parameters,
 )
+from fraud_detection.training.gate import GateConfig
 from fraud_detection.training.storage import S3_ENDPOINT_URL_ENV
+from fraud_detection.training.train import TrainParams
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "fraud_training_pipeline.yaml"
@@ -140,10 +143,19 @@ def test_the_pipeline_parameters_have_the_documented_defaults() -> None:
     parameters = pipeline_parameters()
     assert parameters["threshold"] == ("Float", 0.1)
     assert parameters["split"] == ("String", "stratified")
-    assert parameters["class_weight"] == ("String", "balanced")
+    assert parameters["class_weight"] == ("String", "5")
+    assert parameters["min_samples_leaf"] == ("Integer", 5)
     assert parameters["max_depth"] == ("Integer", 20)
     assert parameters["data"] == ("List", [])
     assert {"min_recall", "min_f1", "tolerance", "seed", "n_estimators"} <= set(parameters)
+
+
+def test_the_pipeline_defaults_are_those_of_training_and_the_gate() -> None:
+    parameters = pipeline_parameters()
+    for name, value in {**asdict(TrainParams()), **asdict(GateConfig())}.items():
+        if name in parameters:
+            assert parameters[name][1] == value, name
+    assert {"n_estimators", "class_weight", "min_recall", "min_f1"} <= set(parameters)
 
 
 def test_the_pipeline_has_its_name(spec: dict) -> None:

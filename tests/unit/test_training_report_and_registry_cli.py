@@ -23,6 +23,7 @@ from fraud_detection.training.evaluate import (
     confidence_intervals,
     expected_cost,
     fraud_value_caught,
+    reliability,
     score_histogram,
     threshold_curve,
 )
@@ -57,6 +58,7 @@ def synthetic_evaluation() -> dict:
             "fraud_amount_source": "test mean",
         },
         "score_histogram": score_histogram(labels, scores),
+        "reliability": reliability(labels, scores),
         "feature_importances": IMPORTANCES,
         "permutation_importances": {
             "scoring": "average_precision",
@@ -115,6 +117,7 @@ def test_the_report_has_every_chart_and_the_gate_reasons() -> None:
         "Precision-recall curve",
         "Recall, precision and F1 by threshold",
         "Score distribution",
+        "Reliability",
         "Confusion matrix",
         "Impurity importance",
         "Permutation importance",
@@ -203,7 +206,7 @@ def test_importances_are_sorted_by_value_and_every_label_is_readable(
     impurity, permutation = seen["bars"]
     assert impurity == ["log_amount", "hour", "amt_deviation", "is_night"]  # ties by name
     assert permutation == ["log_amount", "is_night", "amt_deviation", "hour"]
-    assert len(seen["fonts"]) == 7 and min(seen["fonts"]) >= 9
+    assert len(seen["fonts"]) == 8 and min(seen["fonts"]) >= 9
 
 
 def test_the_training_table_lists_only_the_fields_of_the_split_used() -> None:

@@ -92,3 +92,39 @@ def test_a_single_class_cannot_be_trained() -> None:
     features, _ = separable(n=100)
     with pytest.raises(TrainingError, match="both classes"):
         fit_forest(features, np.zeros(100, dtype=np.int64), TrainParams(n_estimators=2))
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", "20"])
+def test_prior_correction_divides_each_leaf_by_the_class_weights(class_weight: str) -> None:
+    features, labels = separable(n=2000, fraud_share=0.05)
+    features[:, 0] += np.random.default_rng(3).normal(scale=2.0, size=len(labels))  # overlap
+    params = TrainParams(n_estimators=5, min_samples_leaf=20, class_weight=class_weight)
+    corrected, info = fit_forest(features, labels, params)
+    assert info["prior_correction"] is True
+    weighted, raw_info = fit_forest(
+        features, labels, TrainParams(**{**params.to_dict(), "prior_correction": False})
+    )
+    assert raw_info["prior_correction"] is False
+    w0, w1 = info["class_weight"][0], info["class_weight"][1]
+    for tree, raw_tree in zip(corrected.estimators_, weighted.estimators_, strict=True):
+        raw = raw_tree.predict_proba(features)[:, 1]
+        expected = (raw / w1) / (raw / w1 + (1 - raw) / w0)
+        np.testing.assert_allclose(tree.predict_proba(features)[:, 1], expected, atol=1e-12)
+    mixed = (raw > 0) & (raw < 1)
+    assert mixed.any()  # leaves holding both classes, where the weights matter
+
+    # The weights inflate the fraud share; corrected, the mean score is back near the base rate.
+    share = labels.mean()
+    assert weighted.predict_proba(features)[:, 1].mean() > 3 * share
+    assert corrected.predict_proba(features)[:, 1].mean() == pytest.approx(share, rel=0.3)
+
+
+def test_prior_correction_leaves_an_unweighted_forest_as_it_is() -> None:
+    features, labels = separable(n=1000)
+    params = TrainParams(n_estimators=4, min_samples_leaf=10, class_weight="none")
+    corrected, info = fit_forest(features, labels, params)
+    plain, _ = fit_forest(
+        features, labels, TrainParams(**{**params.to_dict(), "prior_correction": False})
+    )
+    assert info["prior_correction"] is False
+    np.testing.assert_array_equal(corrected.predict_proba(features), plain.predict_proba(features))

@@ -113,6 +113,8 @@ def build_pipeline(image: str | None = None, s3: S3Access | None = KFP_ARTIFACT_
     from kfp.dsl import HTML, Artifact, Dataset, Markdown, Model
 
     from fraud_detection.pipeline.components import build_components, default_image
+    from fraud_detection.training.gate import GateConfig
+    from fraud_detection.training.train import TrainParams
 
     image = image or default_image()
     steps = build_components(image)
@@ -142,18 +144,18 @@ def build_pipeline(image: str | None = None, s3: S3Access | None = KFP_ARTIFACT_
         gap_days: int = 7,
         test_days: int = 7,
         exclude_known_compromised: bool = True,
-        n_estimators: int = 100,
-        max_depth: int = 20,
-        min_samples_leaf: int = 1,
-        max_features: str = "sqrt",
-        class_weight: str = "balanced",
-        max_train_rows: int = 200_000,
-        seed: int = 42,
+        n_estimators: int = TrainParams.n_estimators,
+        max_depth: int = TrainParams.max_depth,
+        min_samples_leaf: int = TrainParams.min_samples_leaf,
+        max_features: str = TrainParams.max_features,
+        class_weight: str = TrainParams.class_weight,
+        max_train_rows: int = TrainParams.max_train_rows,
+        seed: int = TrainParams.seed,
         threshold: float = 0.1,
-        min_recall: float = 0.75,
-        min_f1: float = 0.05,
-        tolerance: float = 0.02,
-        allow_uncompared: bool = False,
+        min_recall: float = GateConfig.min_recall,
+        min_f1: float = GateConfig.min_f1,
+        tolerance: float = GateConfig.tolerance,
+        allow_uncompared: bool = GateConfig.allow_uncompared,
         review_cost: float = 5.0,
         fraud_amount: float = 0.0,
         drift_reference_size: int = 5000,

@@ -15,6 +15,9 @@ Everything here is pure: arrays of labels and scores in, plain dicts and arrays 
   holds few frauds: Wilson intervals for recall and precision (:func:`wilson_interval`), seeded
   bootstrap percentile intervals for F1 and PR-AUC (:func:`bootstrap_intervals`);
 * :func:`score_histogram` — the score distribution of each class;
+* :func:`reliability` — the reliability diagram: per score bin, the mean score against the
+  observed fraud rate (with its Wilson interval), which says whether a score of 0.1 means
+  about one fraud in ten;
 * :func:`permutation_importances` — the drop in average precision on (a bounded sample of) the
   test set when one feature's values are shuffled.
 """
@@ -40,6 +43,23 @@ CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 #: Bins of the score histograms (width 0.02, so 0.1 and every multiple of 0.02 is an edge).
 SCORE_BINS = 50
+#: Edges of the reliability diagram's bins: fine where the scores and the 0.1 threshold are.
+RELIABILITY_EDGES: tuple[float, ...] = (
+    0.0,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+)
 #: Rows of the test sample permutation importance is measured on, and shuffles per feature.
 PERMUTATION_MAX_ROWS = 5_000
 PERMUTATION_REPEATS = 5
@@ -348,6 +368,43 @@ def score_histogram(
         counts, _ = np.histogram(rounded[labels == value], bins=edges)
         histogram[name] = counts.tolist()
     return histogram
+
+
+def reliability(
+    labels: np.ndarray, scores: np.ndarray, edges: Sequence[float] = RELIABILITY_EDGES
+) -> dict[str, list[float]]:
+    """Per score bin: rows, frauds, mean score, observed fraud rate and its Wilson interval.
+
+    Bins are ``[edge, next edge)``, the last one closed; empty bins are left out. A calibrated
+    model has an observed rate close to the mean score in every bin.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    bounds = np.asarray(edges, dtype=np.float64)
+    index = np.clip(np.searchsorted(bounds, scores, side="right") - 1, 0, len(bounds) - 2)
+    out: dict[str, list[float]] = {
+        key: [] for key in ("low", "high", "rows", "frauds", "mean_score", "fraud_rate")
+    }
+    out["fraud_rate_low"], out["fraud_rate_high"] = [], []
+    for position in range(len(bounds) - 1):
+        members = index == position
+        rows = int(members.sum())
+        if rows == 0:
+            continue
+        frauds = int(labels[members].sum())
+        low, high = wilson_interval(frauds, rows)
+        for key, value in (
+            ("low", bounds[position]),
+            ("high", bounds[position + 1]),
+            ("rows", rows),
+            ("frauds", frauds),
+            ("mean_score", float(scores[members].mean())),
+            ("fraud_rate", frauds / rows),
+            ("fraud_rate_low", low),
+            ("fraud_rate_high", high),
+        ):
+            out[key].append(float(value))
+    return out
 
 
 def permutation_importances(

@@ -14,6 +14,13 @@ A metric that is missing or not a number fails its rule. The decision lists ever
 values compared, so the reasons for a refusal are on record. When there was no comparison the
 reasons say why ("not compared with the served model: …"): a first deployment (no
 InferenceService yet) and a model using other features pass on the absolute bounds alone.
+
+The default bounds come from the rolling folds of the handbook data
+(``benchmarks/bench_handbook.py``, which prints them against every fold): with the training
+defaults, recall at 0.1 is 0.66-0.72 and F1 0.50-0.62 on the reported folds. ``min_recall`` 0.6
+and ``min_f1`` 0.25 sit below every reported fold, so a normal week passes, and refuse what the
+folds show going wrong: a model trained on a single week of history (recall 0.54), or one whose
+alerts are mostly false (raw balanced weights: precision about 0.08, F1 about 0.14).
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ KSERVE_SOURCE = "kserve"
 class GateConfig:
     """Gate thresholds."""
 
-    min_recall: float = 0.75
-    min_f1: float = 0.05
+    min_recall: float = 0.6
+    min_f1: float = 0.25
     tolerance: float = 0.02
     #: Pass (on the absolute bounds) when a model is in service but could not be scored.
     allow_uncompared: bool = False

@@ -104,6 +104,42 @@ def score_distribution_chart(evaluation: Mapping[str, Any]) -> str:
     return _render(draw)
 
 
+def reliability_chart(evaluation: Mapping[str, Any]) -> str:
+    """Observed fraud rate against mean score per score bin (log axes), with the threshold."""
+    bins = evaluation["reliability"]
+    mean = np.asarray(bins["mean_score"], dtype=np.float64)
+    rate = np.asarray(bins["fraud_rate"], dtype=np.float64)
+    low = np.asarray(bins["fraud_rate_low"], dtype=np.float64)
+    high = np.asarray(bins["fraud_rate_high"], dtype=np.float64)
+    floor = 1e-4  # log axes: a bin without fraud is drawn at the floor
+
+    def draw(axes: Any) -> None:
+        axes.plot([floor, 1], [floor, 1], color="#888", lw=1, linestyle=":", label="calibrated")
+        axes.errorbar(
+            np.maximum(mean, floor),
+            np.maximum(rate, floor),
+            yerr=[np.maximum(rate, floor) - np.maximum(low, floor), high - np.maximum(rate, floor)],
+            fmt="o-",
+            color="#1f77b4",
+            ecolor="#9bbbd8",
+            capsize=3,
+            label="test set (95 % interval)",
+        )
+        threshold = _threshold(evaluation)
+        axes.axvline(
+            threshold, color="#222", linestyle="--", lw=1, label=f"threshold {threshold:g}"
+        )
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set(xlim=(floor, 1), ylim=(floor, 1))
+        axes.set(xlabel="mean score of the bin", ylabel="observed fraud rate")
+        axes.set_title("Reliability")
+        axes.legend(loc="upper left")
+        axes.grid(alpha=0.3, which="major")
+
+    return _render(draw)
+
+
 def confusion_chart(evaluation: Mapping[str, Any]) -> str:
     """The confusion matrix at the operating threshold, counts in the cells."""
     matrix = np.asarray(evaluation["metrics"]["confusion_matrix"], dtype=np.float64)
@@ -368,6 +404,12 @@ def _captions(evaluation: Mapping[str, Any]) -> dict[str, str]:
             f"transaction at or right of the dashed line (score ≥ {threshold:g}) is flagged; "
             "frauds left of it are missed."
         ),
+        "reliability": (
+            "Whether a score means what it says: test transactions binned by score, each bin's "
+            "mean score against the share of its transactions that are fraud (95 % Wilson "
+            "interval). On the dotted diagonal, a score of 0.1 flags transactions that are fraud "
+            "about one time in ten. A bin without fraud is drawn at the bottom edge."
+        ),
         "confusion": (
             "Test transactions by actual class (rows) and by the decision at threshold "
             f"{threshold:g} (columns)."
@@ -420,6 +462,8 @@ def _charts(evaluation: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         charts.append(
             ("Score distribution", score_distribution_chart(evaluation), captions["scores"])
         )
+    if evaluation.get("reliability"):
+        charts.append(("Reliability", reliability_chart(evaluation), captions["reliability"]))
     charts.append(("Confusion matrix", confusion_chart(evaluation), captions["confusion"]))
     charts.append(("Impurity importance", importance_chart(evaluation), captions["impurity"]))
     if evaluation.get("permutation_importances"):

@@ -423,6 +423,7 @@ def evaluate_step(
         fraud_value_caught,
         mean_fraud_amount,
         permutation_importances,
+        reliability,
         roc_points,
         score_histogram,
         threshold_curve,
@@ -460,6 +461,7 @@ def evaluate_step(
             "fraud_amount_source": "parameter" if fraud_amount else "test mean",
         },
         "score_histogram": score_histogram(labels, scores),
+        "reliability": reliability(labels, scores),
         "feature_importances": feature_importances(model, FEATURE_NAMES),
         "permutation_importances": permutation_importances(
             model, features, labels, FEATURE_NAMES, seed

@@ -1,14 +1,31 @@
 """The model: a random forest with class weights, seeded, on a bounded number of rows.
 
-Fraud is rare (about 0.2 % of transactions), so the classes are weighted: ``balanced`` (the
-default) gives each class the same total weight over the full training set, a number gives the
-fraud class that weight against 1 for legitimate rows, ``none`` leaves them equal.
+Fraud is rare (about 0.2 % of transactions), so the classes are weighted: a number gives the
+fraud class that weight against 1 for legitimate rows (the default, 5), ``balanced`` gives each
+class the same total weight over the full training set, ``none`` leaves them equal. The default
+and the leaf size of 5 were chosen on the earliest rolling folds of the handbook data
+(``benchmarks/bench_handbook.py``): a moderate weight ranked as well as none and better than
+``balanced``: scikit-learn draws each tree's bootstrap in proportion to the weights, so with
+balanced weights half of the draws are (repeated) frauds and a tree sees about 40 % of the
+legitimate rows instead of 63 %.
 
 Large training sets are bounded by ``max_train_rows``: every fraud is kept and legitimate rows
 are down-sampled (seeded) to fit, each kept one weighing ``1 / rate`` so that the class totals
 stay those of the full set. Together with a bounded ``max_depth`` this keeps training and the
 ONNX export fast on a laptop (an unbounded forest on 800k rows has 600k+ nodes and takes
 minutes to convert).
+
+Class weights shape the trees (splits that isolate fraud gain more), but they also inflate every
+leaf's fraud share by the weight ratio: a weighted forest's score of 0.1 is not a probability of
+0.1, and the 0.1 threshold flags several times more transactions than the scores' face value says,
+by a factor that depends on the weights (and, with ``balanced``, on each training set's fraud
+share), so it changes from one training to the next. With ``prior_correction`` (the default) each
+leaf's class shares are divided by the class weights after fitting (:func:`undo_class_weights`): a
+tree then predicts the share of fraud among the training transactions that reach its leaf, as an
+unweighted tree with the same splits would. The down-sampling needs no such correction: its
+``1 / rate`` weights already restore the legitimate total. The corrected values are in the trees
+themselves, so the saved model, its ONNX export and the served predictor all give the corrected
+probability.
 """
 
 from __future__ import annotations
@@ -42,12 +59,13 @@ class TrainParams:
 
     n_estimators: int = 100
     max_depth: int = 20
-    min_samples_leaf: int = 1
+    min_samples_leaf: int = 5
     max_features: str = "sqrt"
-    class_weight: str = BALANCED
+    class_weight: str = "5"
     max_train_rows: int = 200_000
     seed: int = 42
     n_jobs: int = -1
+    prior_correction: bool = True
 
     def __post_init__(self) -> None:
         for name, low in (("n_estimators", 1), ("max_depth", 0), ("min_samples_leaf", 1)):
@@ -145,6 +163,22 @@ def downsample(
     return rows, weights, float(rate)
 
 
+def undo_class_weights(model: RandomForestClassifier, weights: dict[int, float] | None) -> None:
+    """Divide every node's class shares by the class weights, in place (prior correction).
+
+    Each tree's ``value`` holds the weighted class shares of the training rows in a node; after
+    this it holds their unweighted shares (sample weights, such as the down-sampling's, kept).
+    """
+    if not weights:
+        return
+    divisors = np.array([weights[0], weights[1]], dtype=np.float64)
+    for tree in model.estimators_:
+        values = tree.tree_.value  # a view on the tree's own array: edits stay in the model
+        shares = values[:, 0, :] / divisors
+        totals = shares.sum(axis=1, keepdims=True)
+        values[:, 0, :] = shares / np.where(totals > 0, totals, 1.0)
+
+
 def fit_forest(
     features: np.ndarray, labels: np.ndarray, params: TrainParams
 ) -> tuple[RandomForestClassifier, dict[str, Any]]:
@@ -159,18 +193,21 @@ def fit_forest(
         )
     seed_everything(params.seed)
     rows, weights, rate = downsample(labels, params.max_train_rows, params.seed)
+    weights_by_class = class_weights(labels, params.class_weight)
     model = RandomForestClassifier(
         n_estimators=params.n_estimators,
         max_depth=params.max_depth or None,
         min_samples_leaf=params.min_samples_leaf,
         max_features=parse_max_features(params.max_features),
-        class_weight=class_weights(labels, params.class_weight),
+        class_weight=weights_by_class,
         random_state=params.seed,
         n_jobs=params.n_jobs,
     )
     started = time.perf_counter()
     model.fit(features[rows], labels[rows], sample_weight=weights)
     seconds = time.perf_counter() - started
+    if params.prior_correction:
+        undo_class_weights(model, weights_by_class)
     # Threads add the trees' probabilities in whatever order they finish, which changes the last
     # bit of the sum; one thread makes predictions bit-reproducible (and costs little).
     model.set_params(n_jobs=1)
@@ -180,6 +217,7 @@ def fit_forest(
         "rows_used": len(rows),
         "legit_sample_rate": rate,
         "class_weight": model.class_weight,
+        "prior_correction": bool(params.prior_correction and weights_by_class),
         "fit_seconds": round(seconds, 3),
         "tree_nodes": int(sum(tree.tree_.node_count for tree in model.estimators_)),
         "deepest_tree": int(max(tree.tree_.max_depth for tree in model.estimators_)),
