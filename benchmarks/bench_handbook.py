@@ -34,6 +34,7 @@ real pipeline (``kfp.local``) on the last fold and prints its metrics beside the
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -707,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"fold {fold.label} {name}: pipeline {ran[key]:.4f}, in-process {ours[key]:.4f}"
                 )
 
-    export = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    export = Console(record=True, width=200, file=io.StringIO())
     export.print(ablation)
     text = {
         "intro": [
