@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,13 @@ MODEL_ONNX = "model.onnx"
 FEATURE_STATE = "feature_state.json.gz"
 DRIFT_REFERENCE = "drift_reference.npz"
 MANIFEST = "manifest.json"
+#: What a model version may look like before it is used in a path or URL (no separators).
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def safe_version(model_version: str) -> bool:
+    """Whether ``model_version`` may be used in a path or URL (no separators, no ``..``)."""
+    return bool(VERSION_PATTERN.fullmatch(model_version)) and ".." not in model_version
 
 
 class BundleError(RuntimeError):

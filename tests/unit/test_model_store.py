@@ -21,6 +21,7 @@ from fraud_detection.bundle import (
     MODEL_JOBLIB,
     Manifest,
     read_manifest,
+    safe_version,
     write_manifest,
 )
 from fraud_detection.features import FEATURE_NAMES
@@ -148,8 +149,11 @@ def test_the_store_uri_must_be_a_url_and_minio_is_s3() -> None:
     ):
         with pytest.raises(DeployError, match=f"models_uri: {message}"):
             version_uri(bad, "v1")
-    with pytest.raises(DeployError, match="model_version"):
-        version_uri("s3://b/m", "a/b")
+    # One rule with the monitor's locators: a version they could not look up is not published.
+    for bad_version in ("a/b", "..", "v..1", "v 1", "-v1"):
+        assert not safe_version(bad_version)
+        with pytest.raises(DeployError, match="model_version"):
+            version_uri("s3://b/m", bad_version)
 
 
 # ----------------------------------------------------------------------- the URL locator

@@ -193,18 +193,8 @@ def test_local_promotion_switches_current_and_keeps_the_previous_version(tmp_pat
 
 def test_the_deploy_step_sends_the_artifact_uri_to_kserve(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle", "v9", "2026-03-01T00:00:00+00:00")
-    api = FakeKubernetesCustomObjectsApi()
-    record = deploy_step(
-        bundle,
-        "minio://mlpipeline/v2/artifacts/run/export/bundle",
-        "kserve",
-        "",
-        "fraud-detector",
-        "fraud",
-        tmp_path / "record.json",
-        predictor_image="p:1",
-        transformer_image="t:1",
-        api=api,
+    record, api = _deploy_to_kserve(
+        bundle, tmp_path / "record.json", predictor_image="p:1", transformer_image="t:1"
     )
     assert record["storage_uri"] == "s3://mlpipeline/v2/artifacts/run/export/bundle"
     assert record["model_version"] == "v9"
@@ -214,9 +204,10 @@ def test_the_deploy_step_sends_the_artifact_uri_to_kserve(tmp_path: Path) -> Non
     assert (tmp_path / "record.json").is_file()
 
 
-def _deploy_to_store(
-    bundle: Path, models_uri: str, record: Path, environ: dict[str, str] | None = None
+def _deploy_to_kserve(
+    bundle: Path, record: Path, **options: Any
 ) -> tuple[dict[str, Any], FakeKubernetesCustomObjectsApi]:
+    """The deploy step to KServe (a fake API) with KFP's artifact URI; ``options`` as given."""
     api = FakeKubernetesCustomObjectsApi()
     result = deploy_step(
         bundle,
@@ -227,8 +218,7 @@ def _deploy_to_store(
         "fraud",
         record,
         api=api,
-        models_uri=models_uri,
-        environ=environ,
+        **options,
     )
     return result, api
 
@@ -240,7 +230,9 @@ def test_the_deploy_step_copies_the_bundle_into_the_s3_model_store(tmp_path: Pat
     bundle = make_bundle(tmp_path / "bundle", "v9", "2026-03-01T00:00:00+00:00")
     with s3_bucket() as (bucket, environ):
         store = f"{bucket}/fraud-detection/{tmp_path.name}/models"
-        record, api = _deploy_to_store(bundle, store, tmp_path / "record.json", environ)
+        record, api = _deploy_to_kserve(
+            bundle, tmp_path / "record.json", models_uri=store, environ=environ
+        )
         assert record["storage_uri"] == f"{store}/v9/"
         assert record["store"] == "copied"
         assert record["models_uri"] == store
@@ -250,7 +242,9 @@ def test_the_deploy_step_copies_the_bundle_into_the_s3_model_store(tmp_path: Pat
         copy = fetch_tree(record["storage_uri"], tmp_path / "copy", environ)
         assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in bundle.iterdir())
         # A second run of the same version leaves the complete copy as it is.
-        again, _ = _deploy_to_store(bundle, store, tmp_path / "again.json", environ)
+        again, _ = _deploy_to_kserve(
+            bundle, tmp_path / "again.json", models_uri=store, environ=environ
+        )
         assert (again["store"], again["storage_uri"]) == ("exists", record["storage_uri"])
     assert yaml.safe_load((tmp_path / "record.json").read_text()) == record
 
@@ -259,7 +253,7 @@ def test_the_deploy_step_copies_the_bundle_into_the_s3_model_store(tmp_path: Pat
 def test_the_deploy_step_uses_the_store_on_any_fsspec_url(tmp_path: Path, scheme: str) -> None:
     bundle = make_bundle(tmp_path / "bundle", "v7", "2026-03-01T00:00:00+00:00")
     store = (tmp_path / "store").as_uri() if scheme == "file" else f"memory://{tmp_path.name}/m"
-    record, _ = _deploy_to_store(bundle, store, tmp_path / "record.json")
+    record, _ = _deploy_to_kserve(bundle, tmp_path / "record.json", models_uri=store)
     assert record["storage_uri"] == f"{store}/v7/" and record["store"] == "copied"
     from fraud_detection.training.storage import read_object
 
@@ -268,7 +262,7 @@ def test_the_deploy_step_uses_the_store_on_any_fsspec_url(tmp_path: Path, scheme
 
 def test_without_a_store_and_for_local_deployment_nothing_is_copied(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle", "v8", "2026-03-01T00:00:00+00:00")
-    record, _ = _deploy_to_store(bundle, "", tmp_path / "r.json")
+    record, _ = _deploy_to_kserve(bundle, tmp_path / "r.json", models_uri="")
     assert "store" not in record and record["storage_uri"].startswith("s3://mlpipeline/v2/")
     local = deploy_step(
         bundle,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from fraud_detection.bundle import (
     BundleError,
     BundleIntegrityError,
     read_manifest,
+    safe_version,
     sha256_file,
 )
 
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 SCORES_ARRAY = "fraud_probability"
 FEATURES_ARRAY = "features"
 NAMES_ARRAY = "feature_names"
-#: What a model version may look like before it is used in a path (no separators, no ``..``).
-VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class DriftReferenceError(BundleError):
@@ -188,11 +186,6 @@ class TemplateLocator:
 
     def __repr__(self) -> str:
         return f"TemplateLocator({self.template!r})"
-
-
-def safe_version(model_version: str) -> bool:
-    """Whether ``model_version`` may be used in a path or URL (no separators, no ``..``)."""
-    return bool(VERSION_PATTERN.fullmatch(model_version)) and ".." not in model_version
 
 
 class StorageLocator:

@@ -95,6 +95,7 @@ def version_uri(models_uri: str, model_version: str) -> str:
     The trailing slash makes the URI a prefix of that version's objects only (``v1/`` never
     matches ``v10/``) for readers that list by prefix, as KServe's storage initializer does.
     """
+    from fraud_detection.bundle import safe_version
     from fraud_detection.training.storage import is_url, join_url, normalize_url
 
     if not models_uri.strip():
@@ -103,7 +104,7 @@ def version_uri(models_uri: str, model_version: str) -> str:
         raise DeployError(
             f"models_uri: must be a URL such as s3://bucket/prefix, got {models_uri!r}"
         )
-    if not model_version or "/" in model_version or model_version in (".", ".."):
+    if not safe_version(model_version):
         raise DeployError(f"model_version: not usable in a path, got {model_version!r}")
     return join_url(normalize_url(models_uri), model_version) + "/"
 
